@@ -1,0 +1,4 @@
+from humpback_plugin.cli import cli
+
+if __name__ == "__main__":
+    cli()
