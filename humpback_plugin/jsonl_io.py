@@ -7,6 +7,7 @@ dataset behind (temp file in the same folder, fsync, rename).
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import json
@@ -29,6 +30,9 @@ class InputError(Exception):
         loc = self.path if where is None else f"{self.path}:{where}"
         super().__init__(f"{loc}: {message}")
 
+
+# Errors of the output side (not of an input read inside the writer's block).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -149,9 +153,12 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
         # mkstemp creates 0600; give the file the mode a plain open() would.
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno in _WRITE_ERRNOS:
+            # "No space left on device" alone does not say which output failed.
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

@@ -1,0 +1,125 @@
+"""The run manifest: what each stage read and wrote, with hashes, counts and models.
+
+It is rewritten atomically after every stage change, so a run killed at any moment leaves
+a manifest that describes exactly what is on disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from humpback_plugin.jsonl_io import write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def file_info(path: str | os.PathLike, root: str | os.PathLike) -> dict[str, Any]:
+    """Path relative to the run dir, sha256, and record count for JSONL files."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    lines = 0
+    if path.is_dir():
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(child.name.encode())
+            digest.update(hashlib.sha256(child.read_bytes()).digest())
+        info: dict[str, Any] = {"path": _rel(path, root), "sha256": digest.hexdigest()}
+        return info
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+    info = {"path": _rel(path, root), "sha256": digest.hexdigest()}
+    if path.suffix in (".jsonl", ".gz"):
+        info["records"] = lines
+    return info
+
+
+def _rel(path: Path, root: str | os.PathLike) -> str:
+    try:
+        return str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+class Manifest:
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / MANIFEST_NAME
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+        else:
+            self.data = {
+                "version": 1,
+                "run_id": uuid.uuid4().hex[:12],
+                "created_at": now_iso(),
+                "config": {},
+                "stages": {},
+            }
+
+    def save(self) -> None:
+        self.data["updated_at"] = now_iso()
+        write_json_atomic(self.path, self.data)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].setdefault(name, {"status": "pending"})
+
+    def start(self, name: str, **fields: Any) -> None:
+        entry = self.stage(name)
+        entry.update(status="running", started_at=now_iso(), finished_at=None, **fields)
+        entry.pop("error", None)
+        self.save()
+
+    def finish(
+        self,
+        name: str,
+        *,
+        inputs: list[str | os.PathLike] = (),  # type: ignore[assignment]
+        outputs: list[str | os.PathLike] = (),  # type: ignore[assignment]
+        stats: dict[str, Any] | None = None,
+        status: str = "done",
+        **fields: Any,
+    ) -> None:
+        entry = self.stage(name)
+        started = entry.get("started_at")
+        finished = now_iso()
+        elapsed = None
+        if started:
+            elapsed = (
+                dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)
+            ).total_seconds()
+        entry.update(
+            status=status,
+            finished_at=finished,
+            elapsed_s=elapsed,
+            inputs=[file_info(p, self.run_dir) for p in inputs if Path(p).exists()],
+            outputs=[file_info(p, self.run_dir) for p in outputs if Path(p).exists()],
+            stats=stats or {},
+            **fields,
+        )
+        self.save()
+
+    def fail(self, name: str, error: str, status: str = "failed") -> None:
+        entry = self.stage(name)
+        entry.update(status=status, error=error, finished_at=now_iso())
+        self.save()
+
+    def is_done(self, name: str) -> bool:
+        """Done, and every output still on disk with the hash recorded."""
+        entry = self.data["stages"].get(name) or {}
+        if entry.get("status") != "done":
+            return False
+        for out in entry.get("outputs", []):
+            path = self.run_dir / out["path"]
+            if not path.exists() or file_info(path, self.run_dir)["sha256"] != out["sha256"]:
+                return False
+        return True
