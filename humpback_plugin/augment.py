@@ -55,6 +55,7 @@ from humpback_plugin.instruction_filters import DEFAULT_FILTERS, build_filters, 
 from humpback_plugin.jsonl_io import InputError, atomic_writer, iter_jsonl, write_json_atomic
 from humpback_plugin.prompts import PromptTemplate, fill_template, load_prompt
 from humpback_plugin.records import Candidate, Provenance, Segment, content_hash
+from humpback_plugin.sharding import in_shard, parse_shard
 from humpback_plugin.stage import StageInterrupted, run_stage
 from humpback_plugin.store import RecordStore, finalize
 
@@ -254,20 +255,25 @@ class Sampling:
         return params
 
 
-def iter_segments(path: str | os.PathLike) -> Iterator[Segment]:
-    """Segments of a JSONL file; a bad line stops with the file and line named."""
+def iter_segments(
+    path: str | os.PathLike, shard: tuple[int, int] | None = None
+) -> Iterator[Segment]:
+    """Segments of a JSONL file (only shard I of N when given); a bad line stops with the
+    file and line named."""
     for lineno, obj in iter_jsonl(path):
         if "id" not in obj and isinstance(obj.get("text"), str):
             obj = {**obj, "id": Segment.make_id(obj["text"])}
         obj.setdefault("source", str(path))
         try:
-            yield Segment.model_validate(obj)
+            segment = Segment.model_validate(obj)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
                 for e in exc.errors()
             )
             raise InputError(path, lineno, f"not a segment ({problems})") from None
+        if in_shard(segment.id, shard):
+            yield segment
 
 
 def count_lines(path: str | os.PathLike) -> int | None:
@@ -293,6 +299,7 @@ def augment(
     preflight: bool = True,
     retry_failed: bool = False,
     show_progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Generate candidate pairs for every segment; returns the run summary.
 
@@ -317,6 +324,7 @@ def augment(
             preflight=preflight,
             retry_failed=retry_failed,
             show_progress=show_progress,
+            shard=shard,
         )
     )
 
@@ -337,6 +345,7 @@ async def augment_async(
     preflight: bool = True,
     retry_failed: bool = False,
     show_progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     from humpback_plugin.plugins import pm
 
@@ -392,7 +401,7 @@ async def augment_async(
         ):
             stats = await run_stage(
                 name="augment",
-                inputs=iter_segments(segments_path),
+                inputs=iter_segments(segments_path, shard),
                 key_of=key_of,
                 input_id_of=lambda s: s.id,
                 work=generate,
@@ -403,7 +412,7 @@ async def augment_async(
                 show_progress=show_progress,
             )
             counts = _write_outputs(
-                segments_path, key_of, n, store, checks, output_path, rejected_path
+                segments_path, shard, key_of, n, store, checks, output_path, rejected_path
             )
             failure_reasons = Counter(f["reason"] for f in failures)
     finally:
@@ -446,6 +455,7 @@ async def augment_async(
 
 def _write_outputs(
     segments_path: str | os.PathLike,
+    shard: tuple[int, int] | None,
     key_of: Callable[[Segment], str],
     n: int,
     store: RecordStore,
@@ -458,7 +468,7 @@ def _write_outputs(
     seen: set[str] = set()
 
     def keys() -> Iterator[str]:
-        for segment in iter_segments(segments_path):
+        for segment in iter_segments(segments_path, shard):
             key = key_of(segment)
             yield key
             yield from (f"{key}#{i}" for i in range(1, n))
@@ -553,6 +563,12 @@ def register_commands(cli: Any) -> None:
     type=click.Path(dir_okay=False),
     help="Rejected candidates with their reason (default: <output stem>.rejected.jsonl).",
 )
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Process only shard I of N (by record id), e.g. 0/4 on the first of four machines; "
+    "join the outputs with `humpback merge`.",
+)
 @click.option("--retry-failed", is_flag=True, help="Retry segments the server refused before.")
 def augment_command(
     segments: str,
@@ -576,6 +592,7 @@ def augment_command(
     filters: str,
     max_instruction_chars: int,
     rejected_path: str | None,
+    shard: str | None,
     retry_failed: bool,
 ) -> None:
     """Ask the backward model for the instruction each segment answers.
@@ -619,6 +636,7 @@ def augment_command(
             preflight=not no_preflight,
             retry_failed=retry_failed,
             show_progress=not quiet,
+            shard=parse_shard(shard),
         )
     except (InputError, ClientError, StageInterrupted, KeyError, ValueError, OSError) as exc:
         raise click.ClickException(_message(exc)) from exc

@@ -53,6 +53,7 @@ from humpback_plugin.scoring import (
     ScoringContext,
     parse_score,
 )
+from humpback_plugin.sharding import in_shard, parse_shard
 from humpback_plugin.stage import StageInterrupted, run_stage
 from humpback_plugin.store import RecordStore, finalize
 
@@ -145,8 +146,11 @@ def _cache_delta(
 # --- the stage ---------------------------------------------------------------------------
 
 
-def iter_candidates(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Candidate pairs of a JSONL file as dicts; a bad line stops with file and line named."""
+def iter_candidates(
+    path: str | os.PathLike, shard: tuple[int, int] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Candidate pairs of a JSONL file as dicts (only shard I of N when given); a bad line
+    stops with the file and line named."""
     for lineno, obj in iter_jsonl(path):
         if "id" not in obj and isinstance(obj.get("instruction"), str):
             obj = {
@@ -163,7 +167,8 @@ def iter_candidates(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 for e in exc.errors()
             )
             raise InputError(path, lineno, f"not a candidate pair ({problems})") from None
-        yield obj
+        if in_shard(obj["id"], shard):
+            yield obj
 
 
 def selection_options(
@@ -199,6 +204,7 @@ def curate(
     preflight: bool = True,
     retry_failed: bool = False,
     show_progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Score every candidate pair and select the curated set; returns the run summary.
 
@@ -225,6 +231,7 @@ def curate(
             preflight=preflight,
             retry_failed=retry_failed,
             show_progress=show_progress,
+            shard=shard,
         )
     )
 
@@ -250,6 +257,7 @@ async def curate_async(
     retry_failed: bool = False,
     show_progress: bool = True,
     client: OpenAIClient | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     from humpback_plugin.plugins import pick
 
@@ -303,7 +311,7 @@ async def curate_async(
         ):
             stats = await run_stage(
                 name=f"curate ({mode})",
-                inputs=iter_candidates(candidates_path),
+                inputs=iter_candidates(candidates_path, shard),
                 key_of=key_of,
                 input_id_of=lambda c: c["id"],
                 work=score,
@@ -318,6 +326,7 @@ async def curate_async(
             }
             counts = _write_outputs(
                 candidates_path,
+                shard,
                 key_of,
                 store,
                 scored_path,
@@ -376,6 +385,7 @@ async def curate_async(
 
 def _write_outputs(
     candidates_path: str | os.PathLike,
+    shard: tuple[int, int] | None,
     key_of: Callable[[dict[str, Any]], str],
     store: RecordStore,
     scored_path: str | os.PathLike,
@@ -383,7 +393,7 @@ def _write_outputs(
     select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
 ) -> dict[str, Any]:
     def keys() -> Iterator[str]:
-        return (key_of(c) for c in iter_candidates(candidates_path))
+        return (key_of(c) for c in iter_candidates(candidates_path, shard))
 
     histogram: Counter = Counter()
     status: Counter = Counter()
@@ -510,6 +520,12 @@ def _write_outputs(
     "that reject continue_final_message).",
 )
 @click.option("--seed", type=int)
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Process only shard I of N (by record id), e.g. 0/4 on the first of four machines; "
+    "join the outputs with `humpback merge`.",
+)
 @click.option("--retry-failed", is_flag=True, help="Retry pairs the server refused before.")
 def curate_command(
     candidates: str,
@@ -536,6 +552,7 @@ def curate_command(
     max_tokens: int,
     no_prefill: bool,
     seed: int | None,
+    shard: str | None,
     retry_failed: bool,
 ) -> None:
     """Rate every candidate pair 1-5 with the paper's rubric and keep the best.
@@ -577,6 +594,7 @@ def curate_command(
             preflight=not no_preflight,
             retry_failed=retry_failed,
             show_progress=not quiet,
+            shard=parse_shard(shard),
         )
     except (InputError, ClientError, StageInterrupted, KeyError, ValueError, OSError) as exc:
         raise click.ClickException(_message(exc)) from exc

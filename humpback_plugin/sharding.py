@@ -116,7 +116,11 @@ def merge_command(
     """
     expected = None
     if expect is not None:
-        expected = [str(r[expect_key]) for _, r in iter_jsonl(expect)]
+        expected = []
+        for line, record in iter_jsonl(expect):
+            if expect_key not in record:
+                raise click.ClickException(f"{expect}:{line}: record has no {expect_key!r} field")
+            expected.append(str(record[expect_key]))
     field = by or key
     summary = merge_shards(list(parts), output, key=key)
     if expected is not None:

@@ -65,3 +65,42 @@ def test_merge_command_reports_missing_inputs(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "1 inputs have no output" in result.output and "merged 2 records" in result.output
+
+
+def test_sharded_augment_then_merge_equals_one_run(tmp_path):
+    from humpback_plugin.records import Segment
+    from tests.stub_openai import StubOpenAI, reply
+
+    segments = tmp_path / "segments.jsonl"
+    texts = [f"Segment {i}. " + f"Some helpful web text about topic {i}. " * 20 for i in range(12)]
+    segments.write_text(
+        "".join(json.dumps({"id": Segment.make_id(t), "text": t}) + "\n" for t in texts)
+    )
+
+    def handler(req):
+        topic = req.prompt_text.split("topic ")[-1].split(".")[0]
+        return reply(f"What is topic {topic}?")
+
+    runner = CliRunner()
+    with StubOpenAI(handler) as stub:
+        common = ["--base-url", stub.base_url, "--model", "stub", "-q", "--temperature", "0"]
+        whole = tmp_path / "whole.jsonl"
+        assert (
+            runner.invoke(cli, ["augment", str(segments), "-o", str(whole), *common]).exit_code == 0
+        )
+        parts = []
+        for k in range(3):
+            part = tmp_path / f"part{k}.jsonl"
+            args = ["augment", str(segments), "-o", str(part), "--shard", f"{k}/3", *common]
+            result = runner.invoke(cli, args)
+            assert result.exit_code == 0, result.output
+            parts.append(str(part))
+    merged = tmp_path / "merged.jsonl"
+    args = ["merge", *parts, "-o", str(merged), "--expect", str(segments), "--by", "segment_id"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0 and "no output" not in result.output, result.output
+
+    def ids(path):
+        return sorted(json.loads(x)["id"] for x in open(path))
+
+    assert ids(merged) == ids(whole) and len(ids(whole)) == 12
