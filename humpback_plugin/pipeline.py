@@ -514,9 +514,10 @@ def run_command(
     except (InputError, ClientError, StageInterrupted) as exc:
         raise click.ClickException(str(exc)) from exc
     _print_status(Pipeline(run_dir, config))
+    report = _write_report(run_dir)
     click.echo(f"\nFinished in {time.monotonic() - t0:.0f}s. Outputs: {run_dir}/", err=True)
     click.echo(f"  manifest:  {run_dir}/manifest.json", err=True)
-    click.echo(f"  report:    humpback report {run_dir}", err=True)
+    click.echo(f"  report:    {report or f'humpback report {run_dir}'}", err=True)
     if demo:
         click.echo(
             "  real scale: put your corpus and seed paths in a config (see README), set\n"
@@ -524,6 +525,17 @@ def run_command(
             "  printed `axolotl train` commands on a GPU machine.",
             err=True,
         )
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    """The HTML report of what is done so far; a report problem never fails the run."""
+    try:
+        from humpback_plugin.report import build_report
+
+        return build_report(run_dir).html_path
+    except Exception as exc:  # the run itself succeeded; say why and go on
+        click.echo(f"  (report not written: {exc})", err=True)
+        return None
 
 
 def _print_status(pipeline: Pipeline) -> None:

@@ -1,0 +1,39 @@
+# The two commands of the README's quick start:
+#   make demo   set up, then run the whole Humpback loop on the embedded default
+#   make test   set up, then run lint and the whole test suite (real vLLM, real Axolotl)
+SHELL := /bin/bash
+export HUMPBACK_HOME ?= $(CURDIR)/.humpback
+export AXOLOTL_DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export WANDB_MODE := disabled
+export OMP_NUM_THREADS ?= 2
+export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.venv-axolotl/bin:$(PATH)
+RUN_DIR ?= runs/demo
+
+.PHONY: setup demo test lint unit bench clean
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	humpback run --demo $(RUN_DIR)
+
+test: 
+	bash scripts/setup.sh --browser
+	$(MAKE) lint
+	HUMPBACK_REQUIRE_REAL=1 HUMPBACK_REQUIRE_SHARED=$(if $(wildcard ../shared/data),1,) \
+	  python -m pytest -q -rs --durations=15
+
+lint:
+	ruff check .
+	ruff format --check .
+
+unit:
+	python -m pytest -q -m "not vllm and not axolotl and not browser"
+
+bench: setup
+	python bench/bench_segment.py
+	python bench/bench_generation.py
+
+clean:
+	rm -rf .venv .humpback runs

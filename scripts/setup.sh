@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Set up everything a fresh clone needs, idempotently:
+#   .venv            the project (editable) with its dev, report and parquet extras
+#   .venv-axolotl    Axolotl 0.19 on CPU torch, with the project installed into it, as a
+#                    user would have it (Axolotl pins transformers, pydantic, ... exactly)
+#   $HUMPBACK_HOME   the embedded vLLM server's own venv and the converted demo model
+#   chromium         for the report's real-browser test (Debian package; root only)
+# Re-running skips what is done (a stamp per step, keyed by the files it depends on).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+export HUMPBACK_HOME=${HUMPBACK_HOME:-$PWD/.humpback}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+want_server=1
+want_axolotl=1
+want_browser=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-server) want_server=0 ;;
+    --no-axolotl) want_axolotl=0 ;;
+    --browser) want_browser=1 ;;
+  esac
+done
+
+stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+t0=$(date +%s)
+say() { printf '[setup %4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*" >&2; }
+
+deps_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if ! stamp_ok .venv/.humpback-setup "$deps_hash"; then
+  say "creating .venv with $($PYTHON --version): the project and its dev tools"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/pip install -q --upgrade "pip>=24,<27"
+  .venv/bin/pip install -q -e ".[dev,report,parquet]"
+  echo "$deps_hash" > .venv/.humpback-setup
+  say ".venv ready"
+else
+  say ".venv is up to date"
+fi
+
+axo_hash=$(cat pyproject.toml scripts/setup_axolotl_env.sh | sha256sum | cut -c1-16)
+if [ "$want_axolotl" = 1 ] && ! stamp_ok .venv-axolotl/.humpback-setup "$axo_hash"; then
+  say "creating .venv-axolotl (torch 2.13.0 CPU + axolotl 0.19.0; a few minutes)"
+  PYTHON="$PYTHON" bash scripts/setup_axolotl_env.sh .venv-axolotl
+  echo "$axo_hash" > .venv-axolotl/.humpback-setup
+  say ".venv-axolotl ready"
+fi
+
+if [ "$want_server" = 1 ]; then
+  say "embedded vLLM server venv and demo model under $HUMPBACK_HOME"
+  .venv/bin/humpback server install
+fi
+
+if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian's chromium for the report's browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    say "chromium missing and cannot be installed here (not root / no apt-get)"
+  fi
+fi
+say "setup done"
