@@ -284,22 +284,7 @@ def count_lines(path: str | os.PathLike) -> int | None:
 
 
 def augment(
-    segments_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    client_config: ClientConfig,
-    sampling: Sampling | None = None,
-    n: int = 1,
-    endpoint: str = "chat",
-    template: str | os.PathLike = "backtranslation",
-    filters: list[str] | tuple[str, ...] = DEFAULT_FILTERS,
-    filter_options: dict[str, dict[str, Any]] | None = None,
-    work_dir: str | os.PathLike | None = None,
-    rejected_path: str | os.PathLike | None = None,
-    preflight: bool = True,
-    retry_failed: bool = False,
-    show_progress: bool = True,
-    shard: tuple[int, int] | None = None,
+    segments_path: str | os.PathLike, output_path: str | os.PathLike, **options: Any
 ) -> dict[str, Any]:
     """Generate candidate pairs for every segment; returns the run summary.
 
@@ -307,26 +292,10 @@ def augment(
     candidates with their reason, and ``summary.json`` in the work folder. Raises
     :class:`~humpback_plugin.stage.StageInterrupted` when the server goes away (re-run to
     resume) and :class:`~humpback_plugin.jsonl_io.InputError` for a bad input line.
+
+    ``options`` are those of :func:`augment_async`, which this runs in a fresh event loop.
     """
-    return asyncio.run(
-        augment_async(
-            segments_path,
-            output_path,
-            client_config=client_config,
-            sampling=sampling,
-            n=n,
-            endpoint=endpoint,
-            template=template,
-            filters=filters,
-            filter_options=filter_options,
-            work_dir=work_dir,
-            rejected_path=rejected_path,
-            preflight=preflight,
-            retry_failed=retry_failed,
-            show_progress=show_progress,
-            shard=shard,
-        )
-    )
+    return asyncio.run(augment_async(segments_path, output_path, **options))
 
 
 async def augment_async(

@@ -185,55 +185,16 @@ def selection_options(
 
 
 def curate(
-    candidates_path: str | os.PathLike,
-    scored_path: str | os.PathLike,
-    *,
-    client_config: ClientConfig,
-    selected_path: str | os.PathLike | None = None,
-    mode: str = "paper",
-    selector: str = "threshold",
-    selector_options: dict[str, Any] | None = None,
-    iteration: int = 1,
-    endpoint: str = "chat",
-    template: str | os.PathLike = "curation",
-    temperature: float = 0.0,
-    max_tokens: int = 512,
-    prefill: bool = True,
-    seed: int | None = None,
-    work_dir: str | os.PathLike | None = None,
-    preflight: bool = True,
-    retry_failed: bool = False,
-    show_progress: bool = True,
-    shard: tuple[int, int] | None = None,
+    candidates_path: str | os.PathLike, scored_path: str | os.PathLike, **options: Any
 ) -> dict[str, Any]:
     """Score every candidate pair and select the curated set; returns the run summary.
 
     Writes ``scored_path`` (every pair with its score, input order) and, when given,
     ``selected_path`` (the pairs the selector keeps). Re-running resumes.
+
+    ``options`` are those of :func:`curate_async`, which this runs in a fresh event loop.
     """
-    return asyncio.run(
-        curate_async(
-            candidates_path,
-            scored_path,
-            client_config=client_config,
-            selected_path=selected_path,
-            mode=mode,
-            selector=selector,
-            selector_options=selector_options,
-            iteration=iteration,
-            endpoint=endpoint,
-            template=template,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            prefill=prefill,
-            seed=seed,
-            work_dir=work_dir,
-            preflight=preflight,
-            retry_failed=retry_failed,
-            show_progress=show_progress,
-            shard=shard,
-        )
-    )
+    return asyncio.run(curate_async(candidates_path, scored_path, **options))
 
 
 async def curate_async(

@@ -357,12 +357,11 @@ class Pipeline:
             if status == "done" and not self.manifest.is_done(name):
                 status = "stale (outputs changed)"
             outputs = entry.get("outputs", [])
-            records = sum(o.get("records", 0) for o in outputs[:1])
             rows.append(
                 {
                     "stage": name,
                     "status": status,
-                    "records": records if outputs else None,
+                    "records": outputs[0].get("records") if outputs else None,
                     "elapsed_s": entry.get("elapsed_s"),
                     "model": entry.get("model"),
                     "error": entry.get("error"),

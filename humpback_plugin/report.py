@@ -30,21 +30,9 @@ import click
 
 from humpback_plugin.hookspecs import hookimpl
 from humpback_plugin.jsonl_io import InputError, atomic_writer, iter_jsonl, write_jsonl_atomic
+from humpback_plugin.pipeline import stage_names
 
-STAGES = (
-    "seed",
-    "segments",
-    "backward_data",
-    "train_backward",
-    "augment",
-    "m0_data",
-    "train_m0",
-    "curate_1",
-    "m1_data",
-    "train_m1",
-    "curate_2",
-    "m2_data",
-)
+STAGES = tuple(stage_names(2))  # the paper runs two iterations
 
 # Paper, Table 2: (instruction mean, std, output mean, std) in characters.
 PAPER_LENGTHS: dict[str, tuple[float, float, float, float]] = {
@@ -366,9 +354,13 @@ def stage_rows(data: RunData) -> list[dict[str, Any]]:
         inputs = _records(stage.get("inputs"))
         if inputs is None:
             inputs = _int_or_none(stats.get("inputs", stats.get("segments_in")))
-        outputs = _records(stage.get("outputs"))
+        # The selected set is a stage's yield (curate: curated, not scored); otherwise the
+        # first output is the stage's product (segments, not the rejected side file).
+        outputs = _int_or_none(stats.get("selected"))
         if outputs is None:
-            outputs = _int_or_none(stats.get("selected", stats.get("kept")))
+            outputs = _records(stage.get("outputs", [])[:1])
+        if outputs is None:
+            outputs = _int_or_none(stats.get("kept"))
         yield_ = f"{outputs / inputs:.1%}" if inputs and outputs is not None else "—"
         elapsed = _number(stage.get("elapsed_s"))
         if elapsed is None:

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
+export PYTHON
 export HUMPBACK_HOME=${HUMPBACK_HOME:-$PWD/.humpback}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -26,6 +27,8 @@ for arg in "$@"; do
 done
 
 stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+# Run a command, hiding pip's notes about absent local index folders; keep its exit code.
+quiet_pip() { "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }; return "${PIPESTATUS[0]}"; }
 t0=$(date +%s)
 say() { printf '[setup %4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*" >&2; }
 
@@ -33,8 +36,8 @@ deps_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if ! stamp_ok .venv/.humpback-setup "$deps_hash"; then
   say "creating .venv with $($PYTHON --version): the project and its dev tools"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/pip install -q --upgrade "pip>=24,<27"
-  .venv/bin/pip install -q -e ".[dev,report,parquet]"
+  quiet_pip .venv/bin/pip install -q --upgrade "pip>=24,<27"
+  quiet_pip .venv/bin/pip install -q -e ".[dev,report,parquet]"
   echo "$deps_hash" > .venv/.humpback-setup
   say ".venv ready"
 else
@@ -44,7 +47,7 @@ fi
 axo_hash=$(cat pyproject.toml scripts/setup_axolotl_env.sh | sha256sum | cut -c1-16)
 if [ "$want_axolotl" = 1 ] && ! stamp_ok .venv-axolotl/.humpback-setup "$axo_hash"; then
   say "creating .venv-axolotl (torch 2.13.0 CPU + axolotl 0.19.0; a few minutes)"
-  PYTHON="$PYTHON" bash scripts/setup_axolotl_env.sh .venv-axolotl
+  quiet_pip bash scripts/setup_axolotl_env.sh .venv-axolotl
   echo "$axo_hash" > .venv-axolotl/.humpback-setup
   say ".venv-axolotl ready"
 fi

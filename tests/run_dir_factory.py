@@ -12,20 +12,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-STAGES = (
-    "seed",
-    "segments",
-    "backward_data",
-    "train_backward",
-    "augment",
-    "m0_data",
-    "train_m0",
-    "curate_1",
-    "m1_data",
-    "train_m1",
-    "curate_2",
-    "m2_data",
-)
+from humpback_plugin.pipeline import stage_names
+
+STAGES = tuple(stage_names(2))
 
 SCRIPT = '<script>alert("pwned")</script>'
 WORDS = [
