@@ -251,7 +251,7 @@ LR_PATTERN = re.compile(r"'learning_rate': '?([0-9.e+-]+)'?")
 
 @pytest.mark.axolotl
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["backward", "m1"])
+@pytest.mark.parametrize("name", ["backward", "m0", "m1"])
 def test_train_follows_the_linear_schedule(workspace: dict, name: str) -> None:
     if name not in workspace["preprocessed"]:
         preprocess(workspace, name)
