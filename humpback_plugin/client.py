@@ -230,7 +230,9 @@ class OpenAIClient:
                 if out_of_tries or now - first_failure > self.retry_deadline:
                     break
                 self.stats.retries += 1
-                await asyncio.sleep(self._backoff(attempt))
+                # Never sleep past the deadline: the stage stops when it says it will.
+                remaining = self.retry_deadline - (now - first_failure)
+                await asyncio.sleep(min(self._backoff(attempt), max(remaining, 0.0)))
         waited = time.monotonic() - (first_failure or time.monotonic())
         raise ServerUnavailable(
             f"no answer after {attempt + 1} attempts over {waited:.0f}s; last error: {last_error}"

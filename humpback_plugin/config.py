@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from humpback_plugin.jsonl_io import InputError
+
+# Axolotl keys the run sets itself (where the model and data are written and read).
+RUN_OWNED_AXOLOTL_KEYS = frozenset({"output_dir", "dataset_prepared_path", "datasets"})
 
 
 class _Strict(BaseModel):
@@ -62,6 +65,19 @@ class TrainingConfig(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="extra Axolotl keys")
     execute: bool = Field(False, description="run `axolotl train` (else print it and wait)")
     axolotl_bin: str = "axolotl"
+
+    @field_validator("overrides")
+    @classmethod
+    def _run_dir_owns_the_paths(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        # The run writes the model and the prepared data under RUN_DIR/<role>/ and reads
+        # them back from there: an override would send Axolotl's output outside the run.
+        taken = sorted(RUN_OWNED_AXOLOTL_KEYS & overrides.keys())
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)}: set by the run to a path inside the run directory "
+                "(not overridable)"
+            )
+        return overrides
 
 
 class ServingConfig(_Strict):

@@ -99,7 +99,8 @@ async def run_stage(
     """
     stats = StageStats(stage=name)
     started = time.monotonic()
-    in_flight: set[asyncio.Task] = set()
+    # Requests in flight and the input each one is for.
+    pending: dict[asyncio.Task, tuple[Any, str]] = {}
     fatal: ServerUnavailable | None = None
     unexpected: BaseException | None = None
 
@@ -107,6 +108,14 @@ async def run_stage(
         task_id = progress.add_task(name, total=total)
 
         def finish(task: asyncio.Task, item: Any, key: str) -> None:
+            nonlocal unexpected
+            try:
+                record_result(task, item, key)
+            except Exception as exc:
+                # E.g. the disk is full: stop the stage; what is stored stays valid.
+                unexpected = unexpected or exc
+
+        def record_result(task: asyncio.Task, item: Any, key: str) -> None:
             nonlocal fatal, unexpected
             exc = task.exception()
             if exc is None:
@@ -140,28 +149,45 @@ async def run_stage(
                 unexpected = unexpected or exc
             progress.advance(task_id)
 
-        for item in inputs:
-            stats.total_inputs += 1
-            key = key_of(item)
-            if key in store or key in failures:
-                stats.already_done += 1
-                progress.advance(task_id)
-                continue
+        def settle(done: Iterable[asyncio.Task]) -> None:
+            # Results are recorded here, in the stage's own coroutine, not in done-callbacks:
+            # a callback could run after the final dataset is written, missing its record.
+            for task in done:
+                item, key = pending.pop(task)
+                if not task.cancelled():
+                    finish(task, item, key)
+
+        async def wait_for_one() -> None:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            settle(done)
+
+        try:
+            for item in inputs:
+                stats.total_inputs += 1
+                key = key_of(item)
+                if key in store or key in failures:
+                    stats.already_done += 1
+                    progress.advance(task_id)
+                    continue
+                if fatal is not None or unexpected is not None:
+                    break
+                while len(pending) >= window:
+                    await wait_for_one()
+                if fatal is not None or unexpected is not None:
+                    break
+                pending[asyncio.ensure_future(work(item, key))] = (item, key)
+        except Exception as exc:
+            # A bad input line: keep what already finished, then report it.
+            unexpected = unexpected or exc
+        while pending:
             if fatal is not None or unexpected is not None:
+                # Queued requests would each wait out their own retry deadline: cancel now.
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                settle(list(pending))
                 break
-            while len(in_flight) >= window:
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                in_flight -= done
-            if fatal is not None:
-                break
-            task = asyncio.ensure_future(work(item, key))
-            task.add_done_callback(lambda t, item=item, key=key: _safe_finish(finish, t, item, key))
-            in_flight.add(task)
-        if in_flight:
-            if fatal is not None or unexpected is not None:
-                for t in in_flight:
-                    t.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            await wait_for_one()
         stats.elapsed_s = time.monotonic() - started
 
     if unexpected is not None:
@@ -173,9 +199,3 @@ async def run_stage(
             "before); re-run the same command to resume."
         )
     return stats
-
-
-def _safe_finish(finish: Callable[..., None], task: asyncio.Task, item: Any, key: str) -> None:
-    if task.cancelled():
-        return
-    finish(task, item, key)

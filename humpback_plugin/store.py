@@ -8,6 +8,7 @@ opening the store cuts it off, so nothing is read twice or half.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -76,7 +77,19 @@ class RecordStore:
             self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         offset = self._fh.tell()
-        self._fh.write(line)
+        try:
+            # An unbuffered write may be short (e.g. a nearly full disk): finish the line.
+            view = memoryview(line)
+            while view:
+                view = view[self._fh.write(view) :]
+        except OSError as exc:
+            # Cut the partial line so later appends stay line-aligned; name the file.
+            with contextlib.suppress(OSError):
+                self._fh.truncate(offset)
+                self._fh.seek(offset)
+            if exc.errno is None:
+                raise
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from exc
         self._offsets[key] = offset
 
     def get(self, key: str) -> dict[str, Any] | None:
