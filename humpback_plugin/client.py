@@ -133,7 +133,7 @@ class OpenAIClient:
         max_retries: int | None = None,
         retry_deadline: float = 600.0,
         backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_max: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)

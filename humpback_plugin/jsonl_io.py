@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import gzip
 import io
 import json
@@ -141,10 +142,17 @@ def iter_json_records(
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
-    """Write a file completely or not at all: temp file beside it, fsync, then rename."""
+    """Write a file completely or not at all: temp file beside it, fsync, then rename.
+
+    The temp file's name carries the writer's pid; temp files of writers that are gone
+    (killed mid-write) are removed here, so a resumed run does not pile them up.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_orphan_temps(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
@@ -160,6 +168,20 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
             # "No space left on device" alone does not say which output failed.
             raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def _remove_orphan_temps(path: Path) -> None:
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid_text = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:

@@ -275,12 +275,11 @@ class PairsLoader:
             rows: Any = ((f"row {i}", row) for i, row in enumerate(dataset))
         else:
             rows = iter_json_records(path, on_error=options.get("on_error"))
-        strict_fields = options.get("instruction_field") or options.get("output_field")
         for where, row in rows:
             found = pair_from_row(row, options)
             if isinstance(found, str):
-                if found.startswith("missing field") and (strict_fields or stats.pairs == 0):
-                    # A wrong mapping shows on the first row: say so rather than drop all.
+                if found.startswith("missing field"):
+                    # Strict: stop naming file and line; --skip-bad-records counts it.
                     _report(
                         options,
                         path,

@@ -223,16 +223,20 @@ def test_seed_first_line_missing_a_field_stops_naming_file_and_line(tmp_path):
     assert nothing_written(out)
 
 
-def test_seed_later_line_missing_a_field_is_dropped_and_counted(tmp_path):
-    """Once the first row fixed the mapping, a row without the field is dropped, with the
-    reason counted in the summary (not stopped: mixed-shape dumps are common)."""
+def test_seed_later_line_missing_a_field_stops_or_is_counted(tmp_path):
+    """A row without the field stops naming file and line, as --help says;
+    --skip-bad-records drops it and counts it instead."""
     src = tmp_path / "pairs.jsonl"
     src.write_bytes(jsonl({"instruction": "Why?", "output": "Because."}, {"instruction": "How?"}))
     out, summary = tmp_path / "seed.jsonl", tmp_path / "summary.json"
-    result = CliRunner().invoke(cli, ["seed", str(src), "-o", str(out), "--summary", str(summary)])
+    result = CliRunner().invoke(cli, ["seed", str(src), "-o", str(out), "-q"])
+    assert result.exit_code == 1 and f"{src}:2: missing field 'output'" in result.output
+    assert nothing_written(out)
+    args = ["seed", str(src), "-o", str(out), "--summary", str(summary), "--skip-bad-records"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert len(out.read_text().splitlines()) == 1
-    assert "missing field 'output'" in summary.read_text()  # also in the printed table
+    assert "missing field" in summary.read_text()
 
 
 @pytest.mark.parametrize(

@@ -238,6 +238,7 @@ def test_sigkill_during_the_final_atomic_write(tmp_path, command):
         run_cli(cli_args(command, src, out, stub))
         assert len(stub.generation_requests) == before, "every generation was already stored"
     assert comparable(out) == comparable(reference)
+    assert not leftovers(out_dir), "the re-run removes the killed writer's temp file"
 
 
 def test_every_finished_request_is_stored_before_the_stage_returns(tmp_path):
