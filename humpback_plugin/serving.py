@@ -34,6 +34,9 @@ class EmbeddedServing:
         if self.handle is not None and key == self._key:
             return [self.handle.base_url], role
         self.close()
+        # A run killed earlier may have left its server up (it lives in its own session so
+        # that Ctrl-C reaches us first); it is this run's to replace.
+        server.stop_server(state_dir=self.state_dir)
         click.echo(
             f"  serving {role} on the embedded vLLM"
             + (f" with adapters {', '.join(sorted(adapters))}" if adapters else ""),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from humpback_plugin.config import dump_config, load_config, parse_config
@@ -56,3 +58,9 @@ def test_yaml_is_loaded_safely(tmp_path):
     path.write_text("training: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(InputError, match="invalid YAML"):
         load_config(path)
+
+
+def test_example_config_is_valid():
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "examples" / "run.yaml")
+    assert config.curate.threshold == 4 and config.serving.models["m1"] == "humpback-m1"

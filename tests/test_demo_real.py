@@ -1,0 +1,83 @@
+"""The README's main command, for real: `humpback run --demo`, killed midway and re-run.
+
+Real Axolotl trains the backward model and M0 (LoRA, CPU), the embedded vLLM serves the
+adapters, augmentation and curation run against it. A few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from humpback_plugin.config import load_config
+from humpback_plugin.pipeline import DEMO_UNTIL, stage_names
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.vllm, pytest.mark.axolotl, pytest.mark.slow]
+
+
+def _axolotl_on_path() -> dict[str, str]:
+    env = dict(os.environ)
+    extra = [str(Path(sys.executable).parent), str(ROOT / ".venv-axolotl" / "bin")]
+    env["PATH"] = os.pathsep.join([*extra, env.get("PATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "2")
+    if not any(Path(d, "axolotl").exists() for d in env["PATH"].split(os.pathsep)):
+        if os.environ.get("HUMPBACK_REQUIRE_REAL"):
+            pytest.fail("axolotl not found on PATH or in .venv-axolotl")
+        pytest.skip("axolotl not installed (make setup builds .venv-axolotl)")
+    return env
+
+
+def _stage_status(run_dir: Path, stage: str) -> str | None:
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return manifest["stages"].get(stage, {}).get("status")
+
+
+def test_demo_killed_midway_then_rerun_completes(tmp_path):
+    from tests.vllm_fixture import require_vllm_install
+
+    require_vllm_install()
+    env = _axolotl_on_path()
+    run_dir = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "humpback_plugin", "run", "--demo", str(run_dir)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _stage_status(run_dir, "augment") == "running":
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the demo ended before augmentation"
+    time.sleep(5)  # let some requests finish into the store
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train_backward: done (skipped)" in done.stderr  # not trained twice
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    wanted = stage_names(2)[: stage_names(2).index(DEMO_UNTIL) + 1]
+    assert {s: manifest["stages"][s]["status"] for s in wanted} == dict.fromkeys(wanted, "done")
+    for stage in wanted:
+        for out in manifest["stages"][stage]["outputs"]:
+            assert (run_dir / out["path"]).exists(), out
+    for role in ("backward", "m0"):
+        assert (run_dir / role / "model" / "adapter_model.safetensors").exists()
+    assert manifest["stages"]["augment"]["stats"]["generations"] > 0
+    scored = (run_dir / "curate_1" / "scored.jsonl").read_text().splitlines()
+    assert scored and all(json.loads(x)["score"] in range(1, 6) for x in scored)
+    assert (run_dir / "m1" / "axolotl.yaml").exists() and (run_dir / "m1/data/m1.jsonl").exists()
+    assert (run_dir / "report" / "report.html").stat().st_size > 10_000
+    assert load_config(run_dir / "config.yaml").training.adapter == "lora"
+    # No server left behind by the killed run or the finished one.
+    left = subprocess.run(["pgrep", "-f", f"{run_dir}/.server"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
