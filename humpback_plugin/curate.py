@@ -53,7 +53,7 @@ from humpback_plugin.scoring import (
     ScoringContext,
     parse_score,
 )
-from humpback_plugin.sharding import in_shard, parse_shard
+from humpback_plugin.sharding import in_shard, parse_shard, shard_option
 from humpback_plugin.stage import StageInterrupted, run_stage
 from humpback_plugin.store import RecordStore, finalize
 
@@ -481,12 +481,7 @@ def _write_outputs(
     "that reject continue_final_message).",
 )
 @click.option("--seed", type=int)
-@click.option(
-    "--shard",
-    metavar="I/N",
-    help="Process only shard I of N (by record id), e.g. 0/4 on the first of four machines; "
-    "join the outputs with `humpback merge`.",
-)
+@shard_option
 @click.option("--retry-failed", is_flag=True, help="Retry pairs the server refused before.")
 def curate_command(
     candidates: str,

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from humpback_plugin.config import RunConfig, dump_config
+from humpback_plugin.hookspecs import hookimpl
 from humpback_plugin.manifest import Manifest
 from humpback_plugin.training import TrainingPending, is_trained, train
 
@@ -433,8 +434,6 @@ def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConf
 
 
 # --- commands ---------------------------------------------------------------------------
-
-from humpback_plugin.hookspecs import hookimpl  # noqa: E402 - commands live below the stages
 
 
 @hookimpl

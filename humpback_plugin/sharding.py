@@ -32,6 +32,15 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+# The option every record-parallel command shares.
+shard_option = click.option(
+    "--shard",
+    metavar="I/N",
+    help="Process only shard I of N (by record id), e.g. 0/4 on the first of four machines; "
+    "join the outputs with `humpback merge`.",
+)
+
+
 def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
     if shard is None:
         return True
