@@ -24,22 +24,28 @@ def now_iso() -> str:
 
 
 def file_info(path: str | os.PathLike, root: str | os.PathLike) -> dict[str, Any]:
-    """Path relative to the run dir, sha256, and record count for JSONL files."""
+    """Path relative to the run dir, a sha256, and the record count of a JSONL file.
+
+    A file's sha256 is of its content, read in chunks. A folder (a corpus of thousands of
+    files, a trained model of many GB) gets the sha256 of its listing instead: each
+    file's relative path, size and modification time. Reading it all on every status
+    check would cost as much as the stage, and the listing changes whenever a file does.
+    """
     path = Path(path)
     digest = hashlib.sha256()
-    lines = 0
     if path.is_dir():
         for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(child.name.encode())
-            digest.update(hashlib.sha256(child.read_bytes()).digest())
-        info: dict[str, Any] = {"path": _rel(path, root), "sha256": digest.hexdigest()}
-        return info
+            st = child.stat()
+            digest.update(f"{child.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return {"path": _rel(path, root), "sha256": digest.hexdigest(), "hashed": "listing"}
+    lines = 0
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
             lines += chunk.count(b"\n")
-    info = {"path": _rel(path, root), "sha256": digest.hexdigest()}
-    if path.suffix in (".jsonl", ".gz"):
+    info: dict[str, Any] = {"path": _rel(path, root), "sha256": digest.hexdigest()}
+    # Newlines in compressed bytes mean nothing, so only plain JSONL gets a count.
+    if path.suffix == ".jsonl":
         info["records"] = lines
     return info
 

@@ -212,3 +212,20 @@ def _strip_times(record: dict) -> dict:
             value = _strip_times(value)
         out[key] = value
     return out
+
+
+def test_file_info_hashes_folders_by_listing_and_counts_only_plain_jsonl(tmp_path):
+    from humpback_plugin.manifest import file_info
+
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "sub" / "weights.safetensors").write_bytes(b"w" * 10)
+    before = file_info(model, tmp_path)
+    assert before["path"] == "model" and before["hashed"] == "listing"
+    (model / "sub" / "weights.safetensors").write_bytes(b"w" * 11)
+    assert file_info(model, tmp_path)["sha256"] != before["sha256"]
+    plain, packed = tmp_path / "a.jsonl", tmp_path / "a.jsonl.gz"
+    plain.write_text('{"x": 1}\n{"x": 2}\n')
+    packed.write_bytes(b"\x1f\x8b\n\n\n")
+    assert file_info(plain, tmp_path)["records"] == 2
+    assert "records" not in file_info(packed, tmp_path)
