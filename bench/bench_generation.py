@@ -30,13 +30,15 @@ from typing import Any
 
 import httpx
 
-from humpback_plugin.augment import Sampling, augment_async, body_for_endpoint
-from humpback_plugin.client import ClientConfig
-from humpback_plugin.curate import curate_async
-from humpback_plugin.plugins import pm
-from humpback_plugin.prompts import load_prompt
-from humpback_plugin.records import Segment
-from humpback_plugin.scoring import PREFILL, SCORES, ScoringContext, continue_with
+from humpback_plugin.cli import pm
+from humpback_plugin.core.client import ClientConfig
+from humpback_plugin.core.config import AugmentConfig, CurateConfig
+from humpback_plugin.core.prompts import load_prompt
+from humpback_plugin.core.records import Segment
+from humpback_plugin.core.runner import body_for_endpoint
+from humpback_plugin.stages.augment.stage import augment_async
+from humpback_plugin.stages.curate.scoring import PREFILL, SCORES, ScoringContext, continue_with
+from humpback_plugin.stages.curate.stage import curate_async
 
 SHARED_C4 = Path(__file__).resolve().parents[2] / "shared" / "data" / "web" / "c4_demo.jsonl"
 
@@ -119,14 +121,14 @@ async def run(args: argparse.Namespace, base_url: str, model: str) -> list[dict[
         Segment(id=f"s{i}", text=t, source="bench") for i, t in enumerate(texts[: args.segments])
     ]
     template = load_prompt("backtranslation").text
-    sampling = Sampling(max_tokens=args.augment_max_tokens, temperature=0.0)
+    sampling = AugmentConfig(max_tokens=args.augment_max_tokens, temperature=0.0)
     bodies = [
         {
             "model": model,
             **body_for_endpoint(
                 pm.hook.backtranslation_request(segment=s, template=template), "chat"
             ),
-            **sampling.params(),
+            **sampling.sampling(),
         }
         for s in segments
     ]
@@ -136,8 +138,8 @@ async def run(args: argparse.Namespace, base_url: str, model: str) -> list[dict[
     summary = await augment_async(
         seg_file,
         tmp / "candidates.jsonl",
-        client_config=ClientConfig([base_url], model, concurrency=c),
-        sampling=sampling,
+        client_config=ClientConfig(base_urls=[base_url], model=model, concurrency=c),
+        settings=sampling,
         preflight=False,
         show_progress=False,
     )
@@ -152,7 +154,7 @@ async def run(args: argparse.Namespace, base_url: str, model: str) -> list[dict[
         for i, t in enumerate(texts[: args.pairs])
     ]  # fmt: skip
     pairs_file = write_jsonl(tmp / "pairs.jsonl", pairs)
-    context = ScoringContext(template=load_prompt("curation"))
+    context = ScoringContext(template=load_prompt("curation"), settings=CurateConfig())
     constrained_bodies = []
     for p in pairs:
         body, extra = continue_with(context.request(p), "chat", PREFILL)
@@ -176,9 +178,8 @@ async def run(args: argparse.Namespace, base_url: str, model: str) -> list[dict[
         summary = await curate_async(
             src,
             tmp / f"scored-{mode}.jsonl",
-            client_config=ClientConfig([base_url], model, concurrency=c),
-            mode=mode,
-            max_tokens=args.paper_max_tokens,
+            client_config=ClientConfig(base_urls=[base_url], model=model, concurrency=c),
+            settings=CurateConfig(mode=mode, max_tokens=args.paper_max_tokens),
             preflight=False,
             show_progress=False,
         )
@@ -264,7 +265,7 @@ def main() -> None:
         if args.base_url:
             base_url, model = args.base_url, args.model
         else:
-            from humpback_plugin.server import running_server
+            from humpback_plugin.vllm.server import running_server
 
             state = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-server-"))
             handle = stack.enter_context(running_server(port=0, state_dir=state))

@@ -128,9 +128,11 @@ def warcio_lxml(path: Path) -> int:
 
 
 def segment(inputs: list[str], out: Path, filters):
-    from humpback_plugin.corpus import segment_corpus
+    from humpback_plugin.core.config import CorpusConfig
+    from humpback_plugin.stages.corpus.stage import segment_corpus
 
-    return segment_corpus(inputs, out, filters=filters, progress=False, warn=lambda m: None)
+    settings = CorpusConfig(filters=filters)
+    return segment_corpus(inputs, out, settings, progress=False, warn=lambda m: None)
 
 
 def throughput(copies: int) -> dict:

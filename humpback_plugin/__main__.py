@@ -1,4 +1,4 @@
-from humpback_plugin.cli import cli
+from humpback_plugin.cli import main
 
 if __name__ == "__main__":
-    cli()
+    main()

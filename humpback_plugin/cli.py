@@ -1,41 +1,51 @@
-"""The ``humpback`` command line.
+"""The ``humpback`` command line: a thin group over the commands in ``commands/``.
 
-Kept thin: each pipeline stage module adds its own command through the
-``register_commands`` hook, exactly as a third-party plugin would.
+Built-in commands are imported only when used (``humpback --help`` imports none of the
+stages), listed in pipeline order; third-party plugins add theirs through the
+``register_commands`` hook.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import importlib
 
 import click
 
 from humpback_plugin import __version__
+from humpback_plugin.commands.common import Group
+from humpback_plugin.plugins import pm
+
+# name -> "module:attribute", in the order `humpback --help` lists them.
+BUILTIN_COMMANDS = {
+    "run": "humpback_plugin.commands.run:run_command",
+    "status": "humpback_plugin.commands.run:status_command",
+    "seed": "humpback_plugin.commands.seed:seed_command",
+    "segment": "humpback_plugin.commands.segment:segment_command",
+    "augment": "humpback_plugin.commands.augment:augment_command",
+    "curate": "humpback_plugin.commands.curate:curate_command",
+    "export": "humpback_plugin.commands.export:export_command",
+    "configs": "humpback_plugin.commands.configs:configs_command",
+    "merge": "humpback_plugin.commands.merge:merge_command",
+    "report": "humpback_plugin.commands.report:report_command",
+    "server": "humpback_plugin.commands.server:server",
+    "plugins": "humpback_plugin.commands.plugins:plugins_command",
+}
 
 
-class HumpbackGroup(click.Group):
-    """List commands in pipeline order rather than alphabetically."""
-
-    ORDER = (
-        "run",
-        "status",
-        "seed",
-        "segment",
-        "augment",
-        "curate",
-        "export",
-        "configs",
-        "merge",
-        "report",
-        "server",
-        "plugins",
-    )
+class HumpbackGroup(Group):
+    """Loads built-in commands on first use; plugins' commands are added eagerly."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        names = super().list_commands(ctx)
-        rank = {n: i for i, n in enumerate(self.ORDER)}
-        return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+        extra = sorted(set(super().list_commands(ctx)) - set(BUILTIN_COMMANDS))
+        return [*BUILTIN_COMMANDS, *extra]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name not in BUILTIN_COMMANDS:
+            return super().get_command(ctx, name)
+        module, _, attribute = BUILTIN_COMMANDS[name].partition(":")
+        found = getattr(importlib.import_module(module), attribute)
+        self.add_command(found, name)
+        return found
 
 
 @click.group(cls=HumpbackGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,35 +68,9 @@ def cli() -> None:
     """
 
 
-@cli.command(name="plugins")
-@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
-def plugins_command(show_all: bool) -> None:
-    """List the loaded plugins and the hooks each implements."""
-    from humpback_plugin.plugins import get_plugins
-
-    plugins = get_plugins()
-    if not show_all:
-        plugins = [p for p in plugins if not p["name"].startswith("humpback_plugin.")]
-    click.echo(json.dumps(plugins, indent=2))
-
-
-def _add_plugin_commands() -> None:
-    from humpback_plugin.plugins import pm
-    from humpback_plugin.server import server
-
-    cli.add_command(server)
-    pm.hook.register_commands(cli=cli)
-
-
-_add_plugin_commands()
+pm.hook.register_commands(cli=cli)
 
 
 def main() -> None:
-    """Console-script entry point: turn known errors into one clear line and exit 1."""
-    from humpback_plugin.jsonl_io import InputError
-
-    try:
-        cli(standalone_mode=True)
-    except InputError as exc:  # pragma: no cover - click exits before this in most paths
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+    """Console-script entry point."""
+    cli()

@@ -156,9 +156,24 @@ def register_exporters(register: Any) -> None:
     """
 
 
+# --- prompts -----------------------------------------------------------------------------
+
+
+@hookspec
+def register_prompt_templates(register: Any) -> None:
+    """Register prompt templates by name.
+
+    ``register(name, path)`` where ``path`` is a text file with the placeholders the
+    template's stage fills: ``{output}`` for backtranslation, ``{instruction}`` and
+    ``{output}`` for curation. A config or ``--template NAME`` then picks it. The built-in
+    ``backtranslation`` and ``curation`` templates ship in the package's ``prompts/``.
+    """
+
+
 # --- command line ------------------------------------------------------------------------
 
 
 @hookspec
 def register_commands(cli: Any) -> None:
-    """Add click commands or groups to the ``humpback`` command line."""
+    """Add click commands or groups to the ``humpback`` command line (third-party plugins;
+    the built-in commands are listed in :mod:`humpback_plugin.cli`)."""

@@ -1,8 +1,9 @@
 """The plugin manager: built-in plugins first, then third-party ones from entry points.
 
-Set ``HUMPBACK_LOAD_PLUGINS`` to a comma-separated list of distribution names to load
-only those third-party plugins (an empty string loads none), as ``llm`` does with
-``LLM_LOAD_PLUGINS``.
+Each stage's ``hooks`` module is a built-in plugin that registers the stage's components
+(readers, filters, scorers, ...). Set ``HUMPBACK_LOAD_PLUGINS`` to a comma-separated list
+of distribution names to load only those third-party plugins (an empty string loads
+none), as ``llm`` does with ``LLM_LOAD_PLUGINS``.
 """
 
 from __future__ import annotations
@@ -15,22 +16,32 @@ from typing import Any
 import pluggy
 
 from humpback_plugin import hookspecs
+from humpback_plugin.core.errors import UnknownComponent, UsageError
+from humpback_plugin.core.prompts import PromptTemplate, builtin_templates, load_prompt
 
 ENTRY_POINT_GROUP = "humpback"
 
-# Each module registers one stage's built-in components.
+# The built-in plugins: one per stage, registering that stage's components.
 DEFAULT_PLUGINS = (
-    "humpback_plugin.corpus",
-    "humpback_plugin.segment_filters",
-    "humpback_plugin.seed",
-    "humpback_plugin.augment",
-    "humpback_plugin.instruction_filters",
-    "humpback_plugin.curate",
-    "humpback_plugin.export",
-    "humpback_plugin.pipeline",
-    "humpback_plugin.sharding",
-    "humpback_plugin.report",
+    "humpback_plugin.stages.seed.hooks",
+    "humpback_plugin.stages.corpus.hooks",
+    "humpback_plugin.stages.augment.hooks",
+    "humpback_plugin.stages.curate.hooks",
+    "humpback_plugin.stages.export.hooks",
 )
+
+# Registration hooks and the kind of component each registers (for listings and errors).
+COMPONENT_KINDS = {
+    "register_corpus_readers": "corpus reader",
+    "register_segmenters": "segmenter",
+    "register_segment_filters": "segment filter",
+    "register_seed_loaders": "seed loader",
+    "register_instruction_filters": "instruction filter",
+    "register_scorers": "scorer",
+    "register_selectors": "selector",
+    "register_exporters": "export format",
+    "register_prompt_templates": "prompt template",
+}
 
 pm = pluggy.PluginManager("humpback")
 pm.add_hookspecs(hookspecs)
@@ -38,14 +49,7 @@ pm.add_hookspecs(hookspecs)
 
 def _load_defaults() -> None:
     for name in DEFAULT_PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            # A stage module not written yet must not break the others.
-            if exc.name == name:
-                continue
-            raise
-        pm.register(module, name=name)
+        pm.register(importlib.import_module(name), name=name)
 
 
 def _load_entry_points() -> None:
@@ -83,13 +87,45 @@ def components(hook_name: str) -> dict[str, Any]:
     return found
 
 
-def pick(hook_name: str, name: str, kind: str) -> Any:
-    """One named component, or a clear error listing what is available."""
+def pick(hook_name: str, name: str) -> Any:
+    """One named component, or :class:`UnknownComponent` listing what is available."""
     available = components(hook_name)
     if name not in available:
         names = ", ".join(sorted(available)) or "none"
-        raise KeyError(f"unknown {kind} {name!r}; available: {names}")
+        raise UnknownComponent(f"unknown {COMPONENT_KINDS[hook_name]} {name!r}; available: {names}")
     return available[name]
+
+
+def build(
+    hook_name: str, names: list[str] | tuple[str, ...], options: dict[str, dict[str, Any]]
+) -> list[tuple[str, Any]]:
+    """Fresh instances of named component factories (filters keep per-run state), each
+    called with its own options: ``[(name, factory(**options[name])), ...]``."""
+    built = []
+    for name in names:
+        factory = pick(hook_name, name)
+        try:
+            built.append((name, factory(**dict(options.get(name) or {}))))
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"bad options for {COMPONENT_KINDS[hook_name]} {name!r}: {exc}"
+            ) from exc
+    return built
+
+
+def load_template(name_or_path: str, required: tuple[str, ...] = ()) -> PromptTemplate:
+    """A prompt template by path, by a name a plugin registered, or a built-in name."""
+    return load_prompt(
+        name_or_path, required=required, named=components("register_prompt_templates")
+    )
+
+
+def registered_components() -> dict[str, list[str]]:
+    """Every selectable component name, by kind (for ``humpback plugins --all``)."""
+    listing = {kind: sorted(components(hook)) for hook, kind in COMPONENT_KINDS.items()}
+    templates = set(listing["prompt template"]) | set(builtin_templates())
+    listing["prompt template"] = sorted(templates)
+    return listing
 
 
 def get_plugins() -> list[dict[str, Any]]:

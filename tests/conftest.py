@@ -17,12 +17,22 @@ from tests.vllm_fixture import vllm_server  # noqa: F401 - a fixture, used by na
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+def shared_file(relative: str) -> Path:
+    """A file or folder of the read-only public data beside the checkout.
+
+    Skipped where it is absent (a user's machine has no ``../shared``), but a failure when
+    ``HUMPBACK_REQUIRE_SHARED`` is set (``make test`` sets it where ``../shared/data`` exists),
+    so a test cannot pass by skipping on a developer or CI machine.
+    """
+    path = SHARED / relative
+    if not path.exists():
+        if os.environ.get("HUMPBACK_REQUIRE_SHARED"):
+            pytest.fail(f"{path} is missing (HUMPBACK_REQUIRE_SHARED is set)", pytrace=False)
+        pytest.skip(f"{path} is absent (only developer and CI machines have it)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The read-only public data beside the checkout; skipped where it is absent."""
-    data = SHARED / "data"
-    if not data.is_dir():
-        if os.environ.get("HUMPBACK_REQUIRE_SHARED"):
-            pytest.fail(f"{data} is missing")
-        pytest.skip(f"{data} is absent (only developer and CI machines have it)")
-    return data
+    """The read-only public data folder beside the checkout (see :func:`shared_file`)."""
+    return shared_file("data")

@@ -2,7 +2,9 @@
 
 Deterministic for a given ``seed``. ``upto`` stops the run after a stage (later stages are
 ``pending`` and their files absent), to test reports on half-finished runs. One segment
-carries a ``<script>`` in its header and text, to test escaping.
+carries a ``<script>`` in its header and text, to test escaping. Every path comes from
+:class:`RunLayout`, and the side files of rejected rows carry the fields their stages
+write (segments: ``reason``, ``rejected_by``; augment: ``rejected_reason``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from humpback_plugin.pipeline import stage_names
+from humpback_plugin.core.layout import RunLayout, stage_names
 
 STAGES = tuple(stage_names(2))
 
@@ -50,8 +52,8 @@ def _write(path: Path, records: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _io(run: Path, rel: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"path": rel, "sha256": "0" * 64, "records": len(records)}
+def _io(layout: RunLayout, path: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"path": layout.relative(path), "sha256": "0" * 64, "records": len(records)}
 
 
 def make_run_dir(
@@ -66,6 +68,7 @@ def make_run_dir(
     """Write a run directory under ``path``; returns the numbers a report should show."""
     rng = random.Random(seed)
     path.mkdir(parents=True, exist_ok=True)
+    layout = RunLayout(path)
     last = STAGES.index(upto) if upto else len(STAGES) - 1
     done = set(STAGES[: last + 1])
     stages: dict[str, dict[str, Any]] = {
@@ -83,8 +86,8 @@ def make_run_dir(
         }
         for i in range(n_seed)
     ]
-    _write(path / "seed/seed.jsonl", seeds)
-    stages["seed"].update(outputs=[_io(path, "seed/seed.jsonl", seeds)], elapsed_s=1.5)
+    _write(layout.seed, seeds)
+    stages["seed"].update(outputs=[_io(layout, layout.seed, seeds)], elapsed_s=1.5)
     expected["seed_instruction_mean"] = sum(len(s["instruction"]) for s in seeds) / n_seed
 
     segments = []
@@ -106,14 +109,17 @@ def make_run_dir(
             }
         )
     rejected = [
-        {**segments[0], "id": f"rej-{i}", "reason": reason}
+        {**segments[0], "id": f"rej-{i}", "rejected_by": f"{reason}_filter", "reason": reason}
         for i, reason in enumerate(["length"] * 7 + ["nav_header"] * 3 + ["minhash"] * 2)
     ]
     if "segments" in done:
-        _write(path / "segments/segments.jsonl", segments)
-        _write(path / "segments/rejected.jsonl", rejected)
+        _write(layout.segments, segments)
+        _write(layout.segments_rejected, rejected)
         stages["segments"].update(
-            outputs=[_io(path, "segments/segments.jsonl", segments)],
+            outputs=[
+                _io(layout, layout.segments, segments),
+                _io(layout, layout.segments_rejected, rejected),
+            ],
             elapsed_s=12.0,
             stats={
                 "documents": 30,
@@ -158,14 +164,18 @@ def make_run_dir(
                 },
             }
         )
-    aug_rejected = [{**candidates[0], "reason": "echo"}, {**candidates[1], "reason": "refusal"}]
-    _write(path / "augment/candidates.jsonl", candidates)
-    _write(path / "augment/rejected.jsonl", aug_rejected)
+    # As augment writes them: the generation with the name of the check that failed.
+    aug_rejected = [
+        {**candidates[0], "rejected_reason": "echo"},
+        {**candidates[1], "rejected_reason": "refusal"},
+    ]
+    _write(layout.candidates, candidates)
+    _write(layout.candidates_rejected, aug_rejected)
     stages["augment"].update(
         model="backward-7b",
         server_urls=["http://127.0.0.1:8000/v1"],
-        inputs=[_io(path, "segments/segments.jsonl", segments)],
-        outputs=[_io(path, "augment/candidates.jsonl", candidates)],
+        inputs=[_io(layout, layout.segments, segments)],
+        outputs=[_io(layout, layout.candidates, candidates)],
         elapsed_s=60.0,
         stats={
             "inputs": n_segments,
@@ -215,14 +225,14 @@ def make_run_dir(
                 }
             )
         curated = [r for r in scored if r["score"] is not None and r["score"] >= 4]
-        _write(path / f"{curate}/scored.jsonl", scored)
-        _write(path / f"{curate}/curated.jsonl", curated)
+        _write(layout.scored(k), scored)
+        _write(layout.curated(k), curated)
         stages[curate].update(
             model=f"m{k - 1}-7b",
             iteration=k,
             server_urls=["http://127.0.0.1:8001/v1"],
-            inputs=[_io(path, "augment/candidates.jsonl", candidates)],
-            outputs=[_io(path, f"{curate}/curated.jsonl", curated)],
+            inputs=[_io(layout, layout.candidates, candidates)],
+            outputs=[_io(layout, layout.curated(k), curated)],
             elapsed_s=30.0,
             stats={
                 "inputs": len(candidates),
@@ -259,6 +269,6 @@ def _finish(
             },
             "stages": stages,
         }
-        (path / "manifest.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+        RunLayout(path).manifest.write_text(json.dumps(data, indent=2), encoding="utf-8")
     expected["stages"] = stages
     return expected

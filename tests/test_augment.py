@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from humpback_plugin import augment as aug
-from humpback_plugin.augment import Sampling, augment, augment_command
-from humpback_plugin.client import ClientConfig
+from humpback_plugin.commands.augment import augment_command
+from humpback_plugin.core.client import ClientConfig
+from humpback_plugin.core.config import DEFAULT_INSTRUCTION_FILTERS, AugmentConfig
+from humpback_plugin.core.errors import InputError, StageInterrupted, UnknownComponent
+from humpback_plugin.core.prompts import PACKAGE_DIR, load_prompt
 from humpback_plugin.hookspecs import hookimpl
-from humpback_plugin.instruction_filters import build_filters, first_rejection
-from humpback_plugin.jsonl_io import InputError
-from humpback_plugin.plugins import pm
-from humpback_plugin.prompts import PACKAGE_DIR, load_prompt
-from humpback_plugin.stage import StageInterrupted
+from humpback_plugin.plugins import build, pm
+from humpback_plugin.stages.augment.instruction_filters import first_rejection
+from humpback_plugin.stages.augment.instructions import clean_instruction
+from humpback_plugin.stages.augment.stage import augment
 from tests.stub_openai import StubOpenAI, StubResponse, error, reply
 
 SEGMENTS = [
@@ -47,7 +48,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def config(stub: StubOpenAI, **kw) -> ClientConfig:
     kw.setdefault("concurrency", 4)
-    return ClientConfig([stub.base_url], "stub", max_retries=kw.pop("max_retries", 3), **kw)
+    kw.setdefault("max_retries", 3)
+    return ClientConfig(base_urls=[stub.base_url], model="stub", **kw)
+
+
+def build_filters(names=DEFAULT_INSTRUCTION_FILTERS, options=None):
+    return build("register_instruction_filters", names, options or {})
 
 
 def by_header(req) -> StubResponse:
@@ -75,11 +81,11 @@ def test_package_reaches_the_repo_prompts():
 
 
 def test_prompt_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(UnknownComponent, match="nope.*known: backtranslation, curation"):
         load_prompt("nope")
     bad = tmp_path / "t.txt"
     bad.write_text("no placeholder")
-    with pytest.raises(ValueError, match=r"\{output\}"):
+    with pytest.raises(InputError, match=r"t.txt: lacks the placeholder\(s\) \{output\}"):
         load_prompt(bad, required=("output",))
 
 
@@ -103,7 +109,8 @@ def test_prompt_errors(tmp_path):
     ],
 )
 def test_postprocess_instruction(raw, clean):
-    assert aug.postprocess_instruction(raw, None) == clean
+    assert clean_instruction(raw) == clean
+    assert pm.hook.postprocess_instruction(text=raw, segment=None) == clean
 
 
 def candidate(instruction, output="Some answer text " * 20, finish_reason="stop"):
@@ -140,7 +147,9 @@ def test_echo_filter():
 
 
 def test_unknown_filter_name_lists_available():
-    with pytest.raises(KeyError, match="available: .*echo"):
+    with pytest.raises(
+        UnknownComponent, match="unknown instruction filter 'nope'; available: .*echo"
+    ):
         build_filters(["nope"])
 
 
@@ -155,7 +164,7 @@ def test_augment_writes_candidates_with_provenance(tmp_path):
             segments,
             out,
             client_config=config(stub),
-            sampling=Sampling(seed=7),
+            settings=AugmentConfig(seed=7),
             show_progress=False,
         )
         requests = stub.generation_requests
@@ -196,7 +205,7 @@ def test_augment_resumes_without_new_requests(tmp_path):
             segments,
             out,
             client_config=config(stub),
-            sampling=Sampling(temperature=1.0),
+            settings=AugmentConfig(temperature=1.0),
             show_progress=False,
         )
         assert len(stub.generation_requests) == 3
@@ -215,7 +224,13 @@ def test_augment_n_candidates_and_rejections(tmp_path):
         return reply("Why feed it?", "I'm sorry, I cannot.", "")
 
     with StubOpenAI(handler) as stub:
-        summary = augment(segments, out, client_config=config(stub), n=3, show_progress=False)
+        summary = augment(
+            segments,
+            out,
+            client_config=config(stub),
+            settings=AugmentConfig(n=3),
+            show_progress=False,
+        )
     accepted = read_jsonl(out)
     rejected = read_jsonl(tmp_path / "candidates.rejected.jsonl")
     assert [r["instruction"] for r in accepted] == ["How do I repot?", "Why feed it?"]
@@ -282,7 +297,9 @@ def test_transient_faults_are_retried(tmp_path):
 def test_server_gone_stops_resumably_without_output(tmp_path):
     segments = write_segments(tmp_path / "segments.jsonl")
     out = tmp_path / "candidates.jsonl"
-    cfg = ClientConfig(["http://127.0.0.1:9"], "stub", max_retries=1, retry_deadline=1)
+    cfg = ClientConfig(
+        base_urls=["http://127.0.0.1:9"], model="stub", max_retries=1, retry_deadline_s=1
+    )
     with pytest.raises(StageInterrupted, match="re-run the same command"):
         augment(segments, out, client_config=cfg, preflight=False, show_progress=False)
     assert not out.exists()
@@ -295,7 +312,7 @@ def test_completions_endpoint_sends_raw_prompt(tmp_path):
             segments,
             tmp_path / "c.jsonl",
             client_config=config(stub),
-            endpoint="completions",
+            settings=AugmentConfig(endpoint="completions"),
             show_progress=False,
         )
         (req,) = stub.generation_requests
@@ -329,7 +346,7 @@ def test_plugin_can_replace_the_request_and_postprocess(tmp_path):
                 segments,
                 tmp_path / "c.jsonl",
                 client_config=config(stub),
-                endpoint="chat",
+                settings=AugmentConfig(endpoint="chat"),
                 show_progress=False,
             )
             (req,) = stub.generation_requests

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from humpback_plugin.augment import Sampling, augment
-from humpback_plugin.client import ClientConfig
-from humpback_plugin.curate import curate
+from humpback_plugin.core.client import ClientConfig
+from humpback_plugin.core.config import AugmentConfig, CurateConfig
+from humpback_plugin.stages.augment.stage import augment
+from humpback_plugin.stages.curate.stage import curate
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -69,7 +70,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def client_config(vllm_server) -> ClientConfig:
-    return ClientConfig([vllm_server.base_url], vllm_server.model, concurrency=4)
+    return ClientConfig(base_urls=[vllm_server.base_url], model=vllm_server.model, concurrency=4)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def candidates(tmp_path_factory, client_config, vllm_server) -> tuple[Path, dict
         segments,
         out,
         client_config=client_config,
-        sampling=Sampling(max_tokens=48, seed=1),
+        settings=AugmentConfig(max_tokens=48, seed=1),
         show_progress=False,
     )
     return out, summary
@@ -135,9 +136,8 @@ def test_curate_real_scores_every_pair(mode, tmp_path, client_config):
         tmp_path / "scored.jsonl",
         client_config=client_config,
         selected_path=tmp_path / "selected.jsonl",
-        mode=mode,
         # a 135M judge rambles: keep the paper mode short; unparsed answers are recovered
-        max_tokens=24,
+        settings=CurateConfig(mode=mode, max_tokens=24),
         show_progress=False,
     )
     rows = read_jsonl(tmp_path / "scored.jsonl")
@@ -170,7 +170,7 @@ def test_curate_real_context_length_error_is_a_failure(tmp_path, client_config):
         pairs,
         tmp_path / "scored.jsonl",
         client_config=client_config,
-        mode="constrained",
+        settings=CurateConfig(mode="constrained"),
         show_progress=False,
     )
     assert summary["failed_by_reason"] == {"http_400": 1}

@@ -10,23 +10,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from humpback_plugin.axolotl_config import (
-    CONFIGS_DIR,
-    PAPER_STEP_TABLE,
-    SCHEMA_SNAPSHOT,
-    VARIANTS,
-    ConfigError,
-    check_keys,
-    load_yaml,
-    paper_steps,
-    render_config,
-    split_batch,
-    write_config,
-    wsd_lr,
-)
+from humpback_plugin.axolotl.configs import CONFIGS_DIR, VARIANTS, render_config, write_config
+from humpback_plugin.axolotl.schedule import PAPER_STEP_TABLE, paper_steps, split_batch, wsd_lr
+from humpback_plugin.axolotl.templates import load_yaml
+from humpback_plugin.axolotl.validate import SCHEMA_SNAPSHOT, check_keys
 from humpback_plugin.cli import cli
-from humpback_plugin.export import export_datasets
-from humpback_plugin.jsonl_io import InputError
+from humpback_plugin.core.errors import ConfigError, InputError, UsageError
+from humpback_plugin.stages.export.stage import export_datasets
 from tests.test_axolotl_real import axolotl_bin, axolotl_python, check, run
 
 
@@ -55,7 +45,7 @@ def test_step_table_between_and_beyond_rows() -> None:
     a4 = paper_steps(3200 + 195043)
     assert a4.steps == math.ceil(198243 / 32) and "past the table" in a4.rule
     assert paper_steps(50).steps == 15
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(UsageError, match="empty"):
         paper_steps(0)
 
 

@@ -3,7 +3,7 @@
 Marked ``axolotl``. Axolotl lives in its own virtual environment
 (``scripts/setup_axolotl_env.sh``); the tests drive its CLI and its Python in subprocesses,
 so the core suite never imports it. The model is a random tiny Llama whose tokenizer is
-trained here on the test data (``humpback_plugin.tiny_model``): no model hub.
+trained here on the test data (``humpback_plugin.axolotl.tiny_model``): no model hub.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from humpback_plugin import SYSTEM_AUGMENTED, SYSTEM_SEED
-from humpback_plugin.axolotl_config import render_config, write_config
-from humpback_plugin.export import export_datasets
+from humpback_plugin.axolotl.configs import render_config, write_config
+from humpback_plugin.stages.export.stage import export_datasets
+from tests.conftest import shared_file
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 def axolotl_bin() -> Path:
@@ -88,7 +88,7 @@ def check(proc: subprocess.CompletedProcess[str], what: str) -> str:
     return proc.stdout + proc.stderr
 
 
-DOLLY = SHARED / "data" / "seed" / "dolly15k_first6400.jsonl"
+DOLLY = "data/seed/dolly15k_first6400.jsonl"
 TIMINGS: dict[str, float] = {}
 
 # Prints, for each tokenized row, the decoded text and the decoded trained tokens.
@@ -114,12 +114,11 @@ for shard in sorted(p for p in __import__("pathlib").Path(sys.argv[1]).iterdir()
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Datasets from real seed pairs, a tiny model trained on their text, CPU configs."""
-    if not DOLLY.exists():
-        pytest.skip(f"shared test data not found at {DOLLY}")
+    dolly = shared_file(DOLLY)
     bin_path = axolotl_bin()
     root = tmp_path_factory.mktemp("axolotl")
     rows = []
-    with open(DOLLY, encoding="utf-8") as fh:
+    with open(dolly, encoding="utf-8") as fh:
         for line in fh:
             r = json.loads(line)
             if len(r["instruction"]) + len(r["response"]) < 400:  # fit 256 tokens
@@ -163,7 +162,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict:
             [
                 axolotl_python(bin_path),
                 "-m",
-                "humpback_plugin.tiny_model",
+                "humpback_plugin.axolotl.tiny_model",
                 model,
                 "--text",
                 ds / "m1.jsonl",

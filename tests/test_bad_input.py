@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from humpback_plugin.augment import augment_command
 from humpback_plugin.cli import cli
-from humpback_plugin.curate import curate_command
+from humpback_plugin.commands.augment import augment_command
+from humpback_plugin.commands.curate import curate_command
 from tests.stub_openai import StubOpenAI, StubRequest, StubResponse, error, reply
 
 SEGMENT = {"id": "s0", "text": "Feed a sourdough starter twice a day with flour and water. " * 12}

@@ -8,14 +8,14 @@ import json
 import httpx
 import pytest
 
-from humpback_plugin.client import (
-    ClientError,
+from humpback_plugin.core.client import (
+    ClientConfig,
     OpenAIClient,
     RequestRejected,
-    ServerUnavailable,
     load_api_key,
     normalize_base_url,
 )
+from humpback_plugin.core.errors import ClientError, ServerUnavailable
 
 
 def ok_body(text: str = "hi", model: str = "m") -> dict:
@@ -30,9 +30,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def make_client(handler, urls=("http://a:1",), **kw) -> OpenAIClient:
-    kw.setdefault("backoff_base", 0.001)
-    return OpenAIClient(list(urls), "m", transport=httpx.MockTransport(handler), **kw)
+def make_client(handler, urls=("http://a:1",), backoff_base=0.001, **kw) -> OpenAIClient:
+    config = ClientConfig(base_urls=list(urls), model="m", **kw)
+    return OpenAIClient(config, transport=httpx.MockTransport(handler), backoff_base=backoff_base)
 
 
 def test_normalize_base_url():
@@ -153,9 +153,8 @@ def test_load_is_spread_over_several_urls():
         return httpx.Response(200, json=ok_body())
 
     async def go():
-        client = OpenAIClient(
-            ["http://a:1", "http://b:1", "http://c:1"], "m", transport=httpx.MockTransport(slow)
-        )
+        config = ClientConfig(base_urls=["http://a:1", "http://b:1", "http://c:1"], model="m")
+        client = OpenAIClient(config, transport=httpx.MockTransport(slow))
         async with client:
             await asyncio.gather(*(client.completion(str(i)) for i in range(30)))
 
@@ -223,14 +222,8 @@ def test_api_key_sent_but_never_in_errors(tmp_path, monkeypatch):
         return httpx.Response(500, text="boom")
 
     async def go():
-        client = OpenAIClient(
-            "http://a:1",
-            "m",
-            api_key=secret,
-            transport=httpx.MockTransport(handler),
-            max_retries=1,
-            backoff_base=0.001,
-        )
+        config = ClientConfig(base_urls=["http://a:1"], model="m", api_key=secret, max_retries=1)
+        client = OpenAIClient(config, transport=httpx.MockTransport(handler), backoff_base=0.001)
         async with client:
             await client.completion("p")
 

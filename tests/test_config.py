@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from humpback_plugin.config import dump_config, load_config, parse_config
-from humpback_plugin.jsonl_io import InputError
+from humpback_plugin.core.config import dump_config, load_config, parse_config
+from humpback_plugin.core.errors import InputError
 
 GOOD = """
 training:

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from humpback_plugin.corpus import segment_command, segment_corpus
-from humpback_plugin.corpus_readers import HtmlReader, WarcReader, decode_html
-from humpback_plugin.jsonl_io import InputError
+from humpback_plugin.commands.segment import segment_command
+from humpback_plugin.core.config import CorpusConfig
+from humpback_plugin.core.errors import InputError
+from humpback_plugin.core.records import Document, Segment
 from humpback_plugin.plugins import components
-from humpback_plugin.records import Document, Segment
-from humpback_plugin.segmenters import html_headers, text_headers
+from humpback_plugin.stages.corpus.readers import HtmlReader, WarcReader, decode_html
+from humpback_plugin.stages.corpus.segmenters import html_headers, text_headers
+from humpback_plugin.stages.corpus.stage import segment_corpus
 
 LOREM = (
     "The backward model reads a web document and writes the question it answers. "
@@ -215,7 +217,7 @@ def test_jsonl_bad_lines_are_counted_and_the_rest_read(tmp_path):
         + b"\n"
     )
     out = tmp_path / "seg.jsonl"
-    summary = segment_corpus([str(path)], out, filters=["length"], progress=False)
+    summary = segment_corpus([str(path)], out, CorpusConfig(filters=["length"]), progress=False)
     assert summary.documents == 2 and summary.kept == 2
     assert summary.bad_records == 3
     where = [(e["offset"], e["message"].split()[0]) for e in summary.errors]
@@ -230,7 +232,9 @@ def test_truncated_gzip_keeps_what_was_read(tmp_path):
     blob = gzip.compress(rows.encode())
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(blob[: len(blob) * 2 // 3])
-    summary = segment_corpus([str(path)], tmp_path / "o.jsonl", filters="length", progress=False)
+    summary = segment_corpus(
+        [str(path)], tmp_path / "o.jsonl", CorpusConfig(filters=["length"]), progress=False
+    )
     assert 0 < summary.documents < 300
     assert summary.bad_records == 1 and "unreadable" in summary.errors[0]["message"]
     assert "after line" in str(summary.errors[0]["offset"])
@@ -253,7 +257,10 @@ def test_ten_megabyte_line(tmp_path):
     path = tmp_path / "big.jsonl"
     path.write_text(json.dumps({"text": para(10_000_000)}) + "\n")
     summary = segment_corpus(
-        [str(path)], tmp_path / "o.jsonl", filters=["length", "exact_dedup"], progress=False
+        [str(path)],
+        tmp_path / "o.jsonl",
+        CorpusConfig(filters=["length", "exact_dedup"]),
+        progress=False,
     )
     assert summary.documents == 1 and summary.kept > 3000
 
@@ -263,10 +270,15 @@ def test_text_per_line_non_utf8(tmp_path):
     first = para(900, "a").encode() + b"\n"
     path.write_bytes(first + b"\xff\xfe broken\n" + para(900, "b").encode())
     summary = segment_corpus(
-        [str(path)], tmp_path / "o.jsonl", text_per_line=True, filters=[], progress=False
+        [str(path)],
+        tmp_path / "o.jsonl",
+        CorpusConfig(text_per_line=True, filters=[]),
+        progress=False,
     )
     assert summary.documents == 2 and summary.errors[0]["offset"] == 2
-    summary = segment_corpus([str(path)], tmp_path / "o.jsonl", filters=[], progress=False)
+    summary = segment_corpus(
+        [str(path)], tmp_path / "o.jsonl", CorpusConfig(filters=[]), progress=False
+    )
     assert summary.documents == 0 and summary.errors[0]["offset"] == f"byte {len(first)}"
 
 
@@ -280,7 +292,7 @@ def test_parquet_and_hf(tmp_path, monkeypatch):
     )
     out = tmp_path / "o.jsonl"
     summary = segment_corpus(
-        [str(path)], out, text_field="content", filters=["length"], progress=False
+        [str(path)], out, CorpusConfig(text_field="content", filters=["length"]), progress=False
     )
     assert summary.kept == 2
     assert [json.loads(line)["url"] for line in out.read_text().splitlines()] == ["u1", "u2"]
@@ -343,7 +355,7 @@ def test_segment_command_errors(tmp_path):
     result = CliRunner().invoke(
         segment_command, [str(tmp_path / "a.txt"), "-o", str(tmp_path / "o"), "--filters", "nope"]
     )
-    assert result.exit_code == 2 and "unknown filter 'nope'" in result.output
+    assert result.exit_code == 2 and "unknown segment filter 'nope'" in result.output
     result = CliRunner().invoke(
         segment_command, [str(tmp_path / "a.txt"), "-o", str(tmp_path / "o"), "-O", "length"]
     )
@@ -382,7 +394,10 @@ def test_third_party_reader_plugin(tmp_path):
     pm.register(Plugin(), name="test-shouty")
     try:
         summary = segment_corpus(
-            [str(tmp_path / "a.shout")], tmp_path / "o.jsonl", filters=["length"], progress=False
+            [str(tmp_path / "a.shout")],
+            tmp_path / "o.jsonl",
+            CorpusConfig(filters=["length"]),
+            progress=False,
         )
     finally:
         pm.unregister(name="test-shouty")
@@ -423,7 +438,10 @@ def test_shared_warc_wet_jsonl_text(shared_data, tmp_path):
     assert kept["c4_demo.jsonl"] > 250 and kept["dolma_cc_main_2019_30.jsonl.gz"] > 150
     assert summary.rejected["english:not_english"] > 300  # dolma sample is multilingual
     wiki = segment_corpus(
-        [str(web / "wiki_demo.txt")], tmp_path / "w.jsonl", text_per_line=True, progress=False
+        [str(web / "wiki_demo.txt")],
+        tmp_path / "w.jsonl",
+        CorpusConfig(text_per_line=True),
+        progress=False,
     )
     assert wiki.documents == 30 and wiki.kept > 300
     rows = [json.loads(line) for line in (tmp_path / "w.jsonl").read_text().splitlines()]

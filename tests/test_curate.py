@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from humpback_plugin.client import ClientConfig
-from humpback_plugin.curate import curate, curate_command, prefix_cache_counters
+from humpback_plugin.cli import cli
+from humpback_plugin.commands.curate import curate_command
+from humpback_plugin.core.client import ClientConfig
+from humpback_plugin.core.config import CurateConfig
+from humpback_plugin.core.errors import InputError
+from humpback_plugin.core.prompts import load_prompt
 from humpback_plugin.hookspecs import hookimpl
-from humpback_plugin.jsonl_io import InputError
 from humpback_plugin.plugins import pm
-from humpback_plugin.prompts import load_prompt
+from humpback_plugin.stages.curate.stage import curate
+from tests.conftest import shared_file
 from tests.stub_openai import StubOpenAI, chat_logprobs, error, reply
-
-PAPER_FACTS = Path(__file__).resolve().parents[2] / "shared" / "docs" / "paper-facts.md"
 
 PAIRS = [
     ("good", "A clear and complete answer. " * 10),
@@ -45,7 +47,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def config(stub: StubOpenAI) -> ClientConfig:
-    return ClientConfig([stub.base_url], "stub", concurrency=4, max_retries=2)
+    return ClientConfig(base_urls=[stub.base_url], model="stub", concurrency=4, max_retries=2)
 
 
 def pair_of(req) -> str:
@@ -77,9 +79,7 @@ def paper_judge(req):
 
 
 def test_curation_prompt_is_the_papers_table_1_verbatim():
-    if not PAPER_FACTS.is_file():
-        pytest.skip(f"{PAPER_FACTS} is absent")
-    facts = PAPER_FACTS.read_text()
+    facts = shared_file("docs/paper-facts.md").read_text()
     section = facts.split("## 1.", 1)[1].split("## 2.", 1)[0]
     quoted = re.search(r"```\n(.*?)```", section, re.S).group(1)
     rubric = quoted.split("<generated instruction>")[0].rstrip("\n")
@@ -98,9 +98,7 @@ def test_paper_mode_parses_recovers_and_is_not_fooled(tmp_path):
             scored_path,
             client_config=config(stub),
             selected_path=selected_path,
-            mode="paper",
-            selector="threshold",
-            selector_options={"threshold": 4},
+            settings=CurateConfig(mode="paper", selector="threshold", threshold=4),
             iteration=2,
             show_progress=False,
         )
@@ -178,7 +176,7 @@ def test_constrained_mode(tmp_path):
             cands,
             tmp_path / "s.jsonl",
             client_config=config(stub),
-            mode="constrained",
+            settings=CurateConfig(mode="constrained"),
             show_progress=False,
         )
     rows = read_jsonl(tmp_path / "s.jsonl")
@@ -195,8 +193,7 @@ def test_logprobs_mode_expected_score_and_fractional_threshold(tmp_path):
             tmp_path / "s.jsonl",
             client_config=config(stub),
             selected_path=tmp_path / "sel.jsonl",
-            mode="logprobs",
-            selector_options={"threshold": 4.2},
+            settings=CurateConfig(mode="logprobs", threshold=4.2),
             show_progress=False,
         )
     good, noscore = read_jsonl(tmp_path / "s.jsonl")
@@ -223,8 +220,8 @@ def test_prompts_share_the_rubric_prefix_and_cache_is_measured(tmp_path):
 
     with StubOpenAI(constrained_judge, metrics_text=metrics) as stub:
         summary = curate(
-            cands, tmp_path / "s.jsonl", client_config=config(stub), mode="constrained",
-            show_progress=False,
+            cands, tmp_path / "s.jsonl", client_config=config(stub),
+            settings=CurateConfig(mode="constrained"), show_progress=False,
         )  # fmt: skip
         contents = [r.body["messages"][0]["content"] for r in stub.generation_requests]
     rubric = load_prompt("curation").text.split("{instruction}")[0]
@@ -233,8 +230,14 @@ def test_prompts_share_the_rubric_prefix_and_cache_is_measured(tmp_path):
 
 
 def test_no_metrics_endpoint_is_fine():
+    import asyncio
+
+    async def counters(url):
+        async with ClientConfig(base_urls=[url], model="stub").make_client() as client:
+            return await client.prefix_cache_counters()
+
     with StubOpenAI() as stub:
-        assert prefix_cache_counters(stub.base_url) is None
+        assert asyncio.run(counters(stub.base_url)) == {stub.base_url: None}
 
 
 def test_context_length_error_is_recorded_and_run_goes_on(tmp_path):
@@ -247,8 +250,8 @@ def test_context_length_error_is_recorded_and_run_goes_on(tmp_path):
 
     with StubOpenAI(judge) as stub:
         summary = curate(
-            cands, tmp_path / "s.jsonl", client_config=config(stub), mode="constrained",
-            show_progress=False,
+            cands, tmp_path / "s.jsonl", client_config=config(stub),
+            settings=CurateConfig(mode="constrained"), show_progress=False,
         )  # fmt: skip
     assert [r["instruction"] for r in read_jsonl(tmp_path / "s.jsonl")] == ["good", "outofrange"]
     assert summary["failed_by_reason"] == {"http_400": 1}
@@ -260,15 +263,25 @@ def test_resume_and_iteration_is_a_new_run(tmp_path):
     cands = write_candidates(tmp_path / "c.jsonl", PAIRS[:2])
     out = tmp_path / "s.jsonl"
     with StubOpenAI(constrained_judge) as stub:
-        curate(cands, out, client_config=config(stub), mode="constrained", show_progress=False)
+        curate(
+            cands,
+            out,
+            client_config=config(stub),
+            settings=CurateConfig(mode="constrained"),
+            show_progress=False,
+        )
         n = len(stub.generation_requests)
         again = curate(
-            cands, out, client_config=config(stub), mode="constrained", show_progress=False
+            cands,
+            out,
+            client_config=config(stub),
+            settings=CurateConfig(mode="constrained"),
+            show_progress=False,
         )
         assert len(stub.generation_requests) == n and again["already_done"] == 2
         curate(
-            cands, out, client_config=config(stub), mode="constrained", iteration=2,
-            show_progress=False,
+            cands, out, client_config=config(stub), settings=CurateConfig(mode="constrained"),
+            iteration=2, show_progress=False,
         )  # fmt: skip
         assert len(stub.generation_requests) == n + 2
     assert {r["iteration"] for r in read_jsonl(out)} == {2}
@@ -300,13 +313,36 @@ def test_plugin_scorer_and_selector(tmp_path):
     try:
         with StubOpenAI() as stub:
             summary = curate(
-                cands, tmp_path / "s.jsonl", client_config=config(stub), mode="by_length",
-                selector="first", selected_path=tmp_path / "sel.jsonl", show_progress=False,
+                cands, tmp_path / "s.jsonl", client_config=config(stub),
+                settings=CurateConfig(mode="by_length", selector="first"),
+                selected_path=tmp_path / "sel.jsonl", show_progress=False,
+            )  # fmt: skip
+            # the same plugin scorer and selector, picked by name on the command line
+            result = CliRunner().invoke(
+                cli,
+                ["curate", str(cands), "-o", str(tmp_path / "cli.jsonl"), "--selected",
+                 str(tmp_path / "cli-sel.jsonl"), "--base-url", stub.base_url, "--model", "stub",
+                 "--mode", "by_length", "--selector", "first", "-q"],
             )  # fmt: skip
     finally:
         pm.unregister(name="test-length-judge")
     assert [r["score"] for r in read_jsonl(tmp_path / "s.jsonl")] == [3, 4]
     assert summary["selected"] == 1
+    assert result.exit_code == 0, result.output
+    assert [r["score"] for r in read_jsonl(tmp_path / "cli.jsonl")] == [3, 4]
+    assert [r["scoring_mode"] for r in read_jsonl(tmp_path / "cli.jsonl")] == ["by_length"] * 2
+    assert len(read_jsonl(tmp_path / "cli-sel.jsonl")) == 1
+
+
+def test_unknown_scorer_lists_the_registered_ones(tmp_path):
+    cands = write_candidates(tmp_path / "c.jsonl", PAIRS[:1])
+    result = CliRunner().invoke(
+        cli,
+        ["curate", str(cands), "-o", str(tmp_path / "s.jsonl"), "--base-url",
+         "http://127.0.0.1:9", "--model", "m", "--mode", "nope"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "unknown scorer 'nope'; available: constrained, logprobs, paper" in result.output
 
 
 def test_cli_curate_target_yield(tmp_path):
@@ -330,4 +366,4 @@ def test_cli_curate_rejects_two_selections(tmp_path):
         [str(cands), "-o", str(tmp_path / "s.jsonl"), "--base-url", "http://127.0.0.1:9",
          "--model", "m", "--threshold", "4", "--target-yield", "0.1"],
     )  # fmt: skip
-    assert result.exit_code == 1 and "one of --threshold" in result.output
+    assert result.exit_code == 2 and "one of --threshold" in result.output

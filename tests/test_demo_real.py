@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from humpback_plugin.config import load_config
-from humpback_plugin.pipeline import DEMO_UNTIL, stage_names
+from humpback_plugin.core.config import load_config
+from humpback_plugin.core.layout import stage_names
+from humpback_plugin.run.demo import DEMO_UNTIL
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.vllm, pytest.mark.axolotl, pytest.mark.slow]

@@ -10,20 +10,19 @@ from click.testing import CliRunner
 
 from humpback_plugin import SYSTEM_AUGMENTED, SYSTEM_SEED
 from humpback_plugin.cli import cli
-from humpback_plugin.export import (
+from humpback_plugin.core.errors import InputError
+from humpback_plugin.core.hashing import file_sha256
+from humpback_plugin.core.prompts import load_prompt
+from humpback_plugin.hookspecs import hookimpl
+from humpback_plugin.plugins import pm
+from humpback_plugin.stages.export.stage import (
     DEFAULT_BACKTRANSLATION_TEMPLATE,
     export_backward,
     export_datasets,
     export_forward,
-    file_sha256,
     read_card,
 )
-from humpback_plugin.hookspecs import hookimpl
-from humpback_plugin.jsonl_io import InputError
-from humpback_plugin.plugins import pm
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DOLLY = SHARED / "data" / "seed" / "dolly15k_first6400.jsonl"
+from tests.conftest import shared_file
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -63,10 +62,10 @@ def curated(tmp_path: Path) -> Path:
 def test_backward_reverses_pairs_with_the_augment_prompt(seed: Path, tmp_path: Path) -> None:
     result = export_backward(seed, tmp_path / "out" / "backward.jsonl")
     rows = read_jsonl(result.path)
-    template = DEFAULT_BACKTRANSLATION_TEMPLATE.read_text(encoding="utf-8")
+    template = load_prompt(DEFAULT_BACKTRANSLATION_TEMPLATE)
     assert len(rows) == 5
     assert rows[0]["messages"] == [
-        {"role": "user", "content": template.format(output="Answer number 0.")},
+        {"role": "user", "content": template.fill(output="Answer number 0.")},
         {"role": "assistant", "content": "Question 0?"},
     ]
     card = read_card(result.path)
@@ -234,7 +233,7 @@ def test_export_command(seed: Path, curated: Path, tmp_path: Path) -> None:
     assert "missing.jsonl: no such file" in result.output
 
     result = runner.invoke(cli, ["export", str(seed), "--format", "alpaca", "-o", str(out)])
-    assert result.exit_code == 1 and "unknown export format 'alpaca'" in result.output
+    assert result.exit_code == 2 and "unknown export format 'alpaca'" in result.output
 
 
 def test_export_help_teaches() -> None:
@@ -243,10 +242,9 @@ def test_export_help_teaches() -> None:
     assert "backward.jsonl" in result.output and "--max-augmented" in result.output
 
 
-@pytest.mark.skipif(not DOLLY.exists(), reason=f"shared test data not found at {DOLLY}")
 def test_real_seed_pairs(tmp_path: Path) -> None:
     rows = []
-    with open(DOLLY, encoding="utf-8") as fh:
+    with open(shared_file("data/seed/dolly15k_first6400.jsonl"), encoding="utf-8") as fh:
         for i, line in zip(range(300), fh, strict=False):
             r = json.loads(line)
             rows.append({"id": str(i), "instruction": r["instruction"], "output": r["response"]})

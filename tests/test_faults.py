@@ -34,11 +34,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from humpback_plugin.augment import Sampling, augment, augment_command
-from humpback_plugin.client import ClientConfig
-from humpback_plugin.curate import curate
-from humpback_plugin.stage import StageInterrupted
-from humpback_plugin.store import RecordStore
+from humpback_plugin.commands.augment import augment_command
+from humpback_plugin.core.client import ClientConfig
+from humpback_plugin.core.config import AugmentConfig
+from humpback_plugin.core.errors import StageInterrupted
+from humpback_plugin.core.store import RecordStore
+from humpback_plugin.stages.augment.stage import augment
+from humpback_plugin.stages.curate.stage import curate
 from tests.stub_openai import StubOpenAI, StubRequest, StubResponse, error, reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,7 +250,7 @@ def test_every_finished_request_is_stored_before_the_stage_returns(tmp_path):
     silently dropping the last records of a run; found by the disk-full test.)"""
     import asyncio
 
-    from humpback_plugin.stage import run_stage
+    from humpback_plugin.core.runner import run_stage
 
     async def stage() -> tuple[int, int]:
         release = asyncio.Event()
@@ -317,10 +319,10 @@ def test_fault_storm_gives_the_clean_result_and_counts_retries(tmp_path):
     n = 24
     segments = write_segments(tmp_path / "segments.jsonl", n)
     # concurrency 4: the stub's listen backlog (5) never overflows into extra retries
-    cfg = dict(concurrency=4, timeout=0.5, retry_deadline=60)
+    cfg = dict(concurrency=4, timeout_s=0.5, retry_deadline_s=60)
 
     with StubOpenAI(deterministic_answer) as stub:
-        clean = ClientConfig([stub.base_url], "stub", **cfg)
+        clean = ClientConfig(base_urls=[stub.base_url], model="stub", **cfg)
         augment(segments, tmp_path / "clean" / "c.jsonl", client_config=clean, show_progress=False)
         curate(
             tmp_path / "clean" / "c.jsonl",
@@ -332,7 +334,7 @@ def test_fault_storm_gives_the_clean_result_and_counts_retries(tmp_path):
 
     storm = Storm(per_prompt=2)
     with StubOpenAI(storm) as stub:
-        stormy = ClientConfig([stub.base_url], "stub", **cfg)
+        stormy = ClientConfig(base_urls=[stub.base_url], model="stub", **cfg)
         started = time.monotonic()
         aug = augment(
             segments, tmp_path / "storm" / "c.jsonl", client_config=stormy, show_progress=False
@@ -393,14 +395,16 @@ def test_server_that_never_recovers_stops_within_the_deadline_and_resumes(tmp_pa
         return deterministic_answer(req)
 
     with StubOpenAI(dies_after_two) as stub:
-        cfg = ClientConfig([stub.base_url], "stub", concurrency=1, retry_deadline=1.5)
+        cfg = ClientConfig(
+            base_urls=[stub.base_url], model="stub", concurrency=1, retry_deadline_s=1.5
+        )
         started = time.monotonic()
         with pytest.raises(StageInterrupted, match="re-run the same command to resume") as info:
             augment(segments, out, client_config=cfg, preflight=False, show_progress=False)
         assert time.monotonic() - started < 1.5 + 2  # the deadline, not a backoff more
     assert "HTTP 503" in str(info.value) and not out.exists()
     with StubOpenAI(deterministic_answer) as stub:
-        cfg = ClientConfig([stub.base_url], "stub", concurrency=1)
+        cfg = ClientConfig(base_urls=[stub.base_url], model="stub", concurrency=1)
         summary = augment(segments, out, client_config=cfg, show_progress=False)
         assert len(stub.generation_requests) == 4
     assert summary["already_done"] == 2 and summary["accepted"] == 6
@@ -529,7 +533,9 @@ def _kill_server_group(state_dir: Path) -> None:
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_real_vllm_killed_mid_stage_then_restarted(tmp_path):
-    from humpback_plugin.server import ServerError, free_port, start_server, stop_server
+    from humpback_plugin.core.errors import ServerError
+    from humpback_plugin.vllm.procs import free_port
+    from humpback_plugin.vllm.server import start_server, stop_server
     from tests.vllm_fixture import _unavailable, require_vllm_install
 
     require_vllm_install()
@@ -546,7 +552,7 @@ def test_real_vllm_killed_mid_stage_then_restarted(tmp_path):
     segments.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "candidates.jsonl"
     store = Path(f"{out}.parts") / "generations.jsonl"
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=24, seed=0)
+    sampling = AugmentConfig(temperature=0.0, top_p=1.0, max_tokens=24, seed=0)
     state_dir = tmp_path / "vllm-state"
     port = free_port()
     timings: dict[str, float] = {}
@@ -564,7 +570,9 @@ def test_real_vllm_killed_mid_stage_then_restarted(tmp_path):
     try:
         # 1. The server dies mid-stage and never comes back: a clear, bounded stop.
         deadline = 8.0
-        cfg = ClientConfig([base_url], "smollm2-135m", concurrency=1, retry_deadline=deadline)
+        cfg = ClientConfig(
+            base_urls=[base_url], model="smollm2-135m", concurrency=1, retry_deadline_s=deadline
+        )
         killer = threading.Thread(
             target=lambda: (_wait_for(lambda: store_lines(store) >= 3, 300), _kill_server_group(
                 state_dir)),
@@ -572,7 +580,7 @@ def test_real_vllm_killed_mid_stage_then_restarted(tmp_path):
         killer.start()
         t0 = time.monotonic()
         with pytest.raises(StageInterrupted, match="re-run the same command to resume"):
-            augment(segments, out, client_config=cfg, sampling=sampling, show_progress=False)
+            augment(segments, out, client_config=cfg, settings=sampling, show_progress=False)
         killer.join()
         timings["interrupted_after_s"] = time.monotonic() - t0
         saved = len(RecordStore(store))
@@ -581,13 +589,15 @@ def test_real_vllm_killed_mid_stage_then_restarted(tmp_path):
         # 2. A re-run while the server is still down waits and retries; the server comes
         # back on the same port; the stage completes, resuming what was saved.
         stop_server(state_dir=state_dir)  # clears the dead server's state file
-        cfg = ClientConfig([base_url], "smollm2-135m", concurrency=2, retry_deadline=600)
+        cfg = ClientConfig(
+            base_urls=[base_url], model="smollm2-135m", concurrency=2, retry_deadline_s=600
+        )
         result: dict = {}
 
         def rerun() -> None:
             try:
                 result["summary"] = augment(
-                    segments, out, client_config=cfg, sampling=sampling, preflight=False,
+                    segments, out, client_config=cfg, settings=sampling, preflight=False,
                     show_progress=False,
                 )  # fmt: skip
             except BaseException as exc:  # noqa: BLE001 - reported below

@@ -15,11 +15,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from humpback_plugin import SYSTEM_AUGMENTED, SYSTEM_SEED, demo
+from humpback_plugin import SYSTEM_AUGMENTED, SYSTEM_SEED
+from humpback_plugin.axolotl.training import FINISHED_MARKERS
 from humpback_plugin.cli import cli
-from humpback_plugin.config import parse_config
-from humpback_plugin.pipeline import Pipeline, stage_names
-from humpback_plugin.training import FINISHED_MARKERS
+from humpback_plugin.core.config import parse_config
+from humpback_plugin.core.layout import stage_names
+from humpback_plugin.run import demo
+from humpback_plugin.run.pipeline import Pipeline
 from tests.stub_openai import StubOpenAI, reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,7 +217,7 @@ def _strip_times(record: dict) -> dict:
 
 
 def test_file_info_hashes_folders_by_listing_and_counts_only_plain_jsonl(tmp_path):
-    from humpback_plugin.manifest import file_info
+    from humpback_plugin.core.manifest import file_info
 
     model = tmp_path / "model"
     (model / "sub").mkdir(parents=True)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from humpback_plugin import plugins
 from humpback_plugin.cli import cli
+from humpback_plugin.core.errors import UnknownComponent
 from humpback_plugin.hookspecs import hookimpl
-from humpback_plugin.plugins import components, pick, pm
+from humpback_plugin.plugins import components, load_template, pick, pm
 from tests.stub_openai import StubOpenAI, reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +29,8 @@ def test_builtins_register_every_stage():
     assert {"empty", "echo", "truncated"} <= set(components("register_instruction_filters"))
     assert {"chat_template", "instruction"} <= set(components("register_exporters"))
     assert {"threshold", "target_yield", "quantile"} <= set(components("register_selectors"))
-    with pytest.raises(KeyError, match="unknown scoring mode 'nope'; available: constrained"):
-        pick("register_scorers", "nope", "scoring mode")
+    with pytest.raises(UnknownComponent, match="unknown scorer 'nope'; available: constrained"):
+        pick("register_scorers", "nope")
 
 
 class ShoutyLength:
@@ -45,6 +45,7 @@ class ShoutyLength:
 
 
 def test_inline_plugin_replaces_a_builtin_by_name():
+    builtin = components("register_segment_filters")["length"]
     plugin = ShoutyLength()
     pm.register(plugin, name="shouty")
     try:
@@ -55,14 +56,40 @@ def test_inline_plugin_replaces_a_builtin_by_name():
         assert {"name": "shouty", "hooks": ["register_segment_filters"]} in listed
     finally:
         pm.unregister(plugin)
-    assert components("register_segment_filters")["length"] is not ShoutyLength
+    assert components("register_segment_filters")["length"] is builtin
+    assert builtin()(type("S", (), {"text": "x" * 1000})()) is None  # the paper's 600-3,000
 
 
-def test_plugins_all_lists_builtins_with_hooks():
+def test_plugins_all_lists_builtins_with_hooks_and_components_by_kind():
     listed = json.loads(CliRunner().invoke(cli, ["plugins", "--all"]).output)
-    by_name = {p["name"]: p["hooks"] for p in listed}
-    assert "register_scorers" in by_name["humpback_plugin.curate"]
-    assert "register_commands" in by_name["humpback_plugin.pipeline"]
+    by_name = {p["name"]: p["hooks"] for p in listed["plugins"]}
+    assert "register_scorers" in by_name["humpback_plugin.stages.curate.hooks"]
+    assert "register_corpus_readers" in by_name["humpback_plugin.stages.corpus.hooks"]
+    kinds = listed["components"]
+    assert kinds["scorer"] == ["constrained", "logprobs", "paper"]
+    assert kinds["selector"] == ["quantile", "target_yield", "threshold"]
+    assert kinds["export format"] == ["chat_template", "instruction"]
+    assert {"backtranslation", "curation"} <= set(kinds["prompt template"])
+    assert {"warc", "html", "jsonl"} <= set(kinds["corpus reader"])
+    assert {"html_headers", "text_headers"} <= set(kinds["segmenter"])
+
+
+def test_a_plugin_prompt_template_is_picked_by_name(tmp_path):
+    template = tmp_path / "terse.txt"
+    template.write_text("Question for this answer:\n{output}\n")
+
+    class Terse:
+        @hookimpl
+        def register_prompt_templates(self, register):
+            register("terse", template)
+
+    pm.register(Terse(), name="terse")
+    try:
+        assert load_template("terse", required=("output",)).text.startswith("Question for")
+        listed = json.loads(CliRunner().invoke(cli, ["plugins", "--all"]).output)
+        assert "terse" in listed["components"]["prompt template"]
+    finally:
+        pm.unregister(name="terse")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +130,3 @@ def test_installed_plugin_package_replaces_the_backtranslation_prompt(installed_
 def test_env_var_restricts_third_party_plugins(installed_example, tmp_path):
     requests = _augment_with(installed_example, {"HUMPBACK_LOAD_PLUGINS": ""}, tmp_path)
     assert not requests[0].body["prompt"].startswith("[INST]")
-
-
-def test_plugins_module_exposes_the_entry_point_group():
-    assert plugins.ENTRY_POINT_GROUP == "humpback"

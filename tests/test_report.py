@@ -15,15 +15,18 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from humpback_plugin import report
-from humpback_plugin.report import LengthStats, Reservoir, build_report, report_command
+from humpback_plugin.cli import cli
+from humpback_plugin.core.layout import RunLayout
+from humpback_plugin.run import report
+from humpback_plugin.run.report import LengthStats, Reservoir, build_report
+from humpback_plugin.run.report import plots as report_plots
 from tests.run_dir_factory import SCRIPT, make_run_dir
 
 ESCAPED_SCRIPT = "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;"
 
 
 def run_report(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(report_command, [*args, "-q"], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["report", *args, "-q"], catch_exceptions=False)
     return result.exit_code, result.output
 
 
@@ -70,6 +73,31 @@ def test_full_run_html_and_markdown(full_run):
 
     audit = [json.loads(line) for line in (out / "audit_sample.jsonl").read_text().splitlines()]
     assert audit and all(row["human_label"] == "" and row["iteration"] == 2 for row in audit)
+
+
+def test_rejections_fall_back_to_the_side_files(full_run):
+    """Without ``rejected_by_reason`` in the manifest, each stage's side file of rejected
+    rows is counted, by the field that stage writes (augment: ``rejected_reason``)."""
+    run, _ = full_run
+    layout = RunLayout(run)
+    side = [json.loads(x) for x in layout.candidates_rejected.read_text().splitlines()]
+    reasons = sorted(row["rejected_reason"] for row in side)
+    assert reasons == ["echo", "refusal"] and not any("reason" in row for row in side)
+    manifest = json.loads(layout.manifest.read_text())
+    for stage in ("segments", "augment"):
+        del manifest["stages"][stage]["stats"]["rejected_by_reason"]
+    layout.manifest.write_text(json.dumps(manifest))
+
+    assert run_report(str(run))[0] == 0
+    page = (layout.report_dir / "report.html").read_text()
+    summary = (layout.report_dir / "summary.md").read_text()
+    filters = page.split('id="filters"')[1].split('id="scores"')[0]
+    assert "<h3>augment</h3>" in filters and "<h3>segments</h3>" in filters
+    for reason in reasons:
+        assert f"<td>{reason}</td>" in filters
+        assert f"| {reason} | 1 | 0.8% |" in summary  # of 120 segments in
+    assert "| length | 7 |" in summary and "| nav_header | 3 |" in summary
+    assert "unknown" not in filters, "every row's reason was read from its real field"
 
 
 def test_audit_sample_is_stratified_and_seeded(full_run, tmp_path):
@@ -143,7 +171,7 @@ def test_malformed_line_is_skipped_and_named_or_fatal_with_strict(full_run, tmp_
     assert f"curate_1/scored.jsonl:{lines + 1}: malformed JSON" in page
 
     out = tmp_path / "strict"
-    result = CliRunner().invoke(report_command, [str(run), "-o", str(out), "--strict", "-q"])
+    result = CliRunner().invoke(cli, ["report", str(run), "-o", str(out), "--strict", "-q"])
     assert result.exit_code == 1
     assert f"scored.jsonl:{lines + 1}" in result.output
     assert not out.exists() or not any(out.iterdir()), "no half-written output"
@@ -153,14 +181,14 @@ def test_malformed_manifest_names_file_and_line(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text('{\n  "run_id": "x",\n  oops\n}\n')
-    result = CliRunner().invoke(report_command, [str(run), "-q"])
+    result = CliRunner().invoke(cli, ["report", str(run), "-q"])
     assert result.exit_code == 1
     assert "manifest.json:3: malformed JSON" in result.output
 
 
 def test_tables_only_without_matplotlib(full_run, monkeypatch):
     run, _ = full_run
-    monkeypatch.setattr(report, "plots_available", lambda: False)
+    monkeypatch.setattr(report_plots, "plots_available", lambda: False)
     assert run_report(str(run))[0] == 0
     page = (run / "report/report.html").read_text()
     assert "data:image/png" not in page
@@ -204,11 +232,9 @@ def test_streaming_helpers_match_exact_statistics():
     assert max(reservoir.items) > 1000, "later items get their chance"
 
 
-def test_register_commands_adds_report():
-    group = click.Group()
-    report.register_commands(cli=group)
-    assert "report" in group.commands
-    help_text = CliRunner().invoke(group, ["report", "--help"]).output
+def test_cli_has_report_command():
+    assert cli.get_command(click.Context(cli), "report") is not None
+    help_text = CliRunner().invoke(cli, ["report", "--help"]).output
     assert "audit_sample.jsonl" in help_text and "--audit-per-score" in help_text
 
 

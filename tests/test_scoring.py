@@ -6,11 +6,9 @@ import math
 
 import pytest
 
-from humpback_plugin.scoring import (
-    echoes_candidate,
-    parse_score,
+from humpback_plugin.stages.curate.scoring import echoes_candidate, parse_score, score_probabilities
+from humpback_plugin.stages.curate.selectors import (
     quantile_selector,
-    score_probabilities,
     target_yield_selector,
     threshold_selector,
 )

@@ -25,8 +25,8 @@ import pytest
 from click.testing import CliRunner
 
 from humpback_plugin.cli import cli
-from humpback_plugin.config import RUN_OWNED_AXOLOTL_KEYS, parse_config
-from humpback_plugin.jsonl_io import InputError
+from humpback_plugin.core.config import RUN_OWNED_AXOLOTL_KEYS, parse_config
+from humpback_plugin.core.errors import InputError
 from tests.stub_openai import StubOpenAI, StubRequest, StubResponse, reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,11 +167,12 @@ def test_api_key_never_written_or_printed(tmp_path, source):
 
 
 def test_api_key_not_in_client_errors_or_reprs():
-    from humpback_plugin.client import ClientConfig
+    from humpback_plugin.core.client import ClientConfig
 
-    config = ClientConfig(["http://127.0.0.1:9"], "m", api_key=SECRET)
-    client = config.make_client(max_retries=0)
+    config = ClientConfig(base_urls=["http://127.0.0.1:9"], model="m", api_key=SECRET)
+    client = config.make_client()
     assert SECRET not in repr(client.stats) and SECRET not in str(client.base_urls)
+    assert SECRET not in repr(config) and SECRET not in config.model_dump_json()
     # test_client.py::test_api_key_sent_but_never_in_errors covers the exceptions.
 
 
@@ -280,9 +281,9 @@ def test_config_cannot_send_training_output_outside_the_run_dir(key):
 
 
 def test_pipeline_paths_are_fixed_names_under_the_run_dir(tmp_path):
-    from humpback_plugin.pipeline import Paths
+    from humpback_plugin.core.layout import RunLayout
 
-    paths = Paths(tmp_path / "run")
+    paths = RunLayout(tmp_path / "run")
     run = (tmp_path / "run").resolve()
     every = [paths.seed, paths.segments, paths.segments_rejected, paths.candidates]
     for role in ("backward", "m0", "m1", "m2"):
@@ -294,7 +295,7 @@ def test_pipeline_paths_are_fixed_names_under_the_run_dir(tmp_path):
 
 def test_rendered_axolotl_config_writes_only_under_the_run_dir(tmp_path):
     """What `humpback run` hands to Axolotl: output and prepared data in the run dir."""
-    from humpback_plugin.axolotl_config import render_config
+    from humpback_plugin.axolotl.configs import render_config
 
     run = tmp_path / "run"
     dataset = run / "m0" / "data" / "m0.jsonl"
@@ -309,20 +310,29 @@ def test_rendered_axolotl_config_writes_only_under_the_run_dir(tmp_path):
         assert Path(rendered.config[key]).is_relative_to(run.resolve()), key
 
 
-def test_manifest_paths_outside_the_run_dir_are_only_read(tmp_path):
-    """A tampered manifest naming ../ paths makes a stage look not done; nothing is
-    written there."""
-    from humpback_plugin.manifest import Manifest
+@pytest.mark.parametrize("escape", ["../outside.txt", "ABSOLUTE", "link/outside.txt"])
+def test_manifest_paths_outside_the_run_dir_never_count_as_done(tmp_path, escape):
+    """A tampered manifest naming a file outside the run directory, with that file's true
+    sha256, still makes the stage look not done (and nothing is written there)."""
+    from humpback_plugin.core.hashing import file_sha256
+    from humpback_plugin.core.manifest import Manifest
 
     run = tmp_path / "run"
     run.mkdir()
     outside = tmp_path / "outside.txt"
     outside.write_text("precious")
+    (run / "link").symlink_to(tmp_path)
+    path = str(outside) if escape == "ABSOLUTE" else escape
+    entry = {"path": path, "sha256": file_sha256(outside)}
     manifest = {
         "version": 1, "run_id": "x", "created_at": "now", "config": {},
-        "stages": {"seed": {"status": "done", "outputs": [
-            {"path": "../outside.txt", "sha256": "0" * 64}]}},
+        "stages": {"seed": {"status": "done", "outputs": [entry]}},
     }  # fmt: skip
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert Manifest(run).is_done("seed") is False
     assert outside.read_text() == "precious"
+    # the same entry pointing inside the run directory is done: the check is the path
+    (run / "outside.txt").write_text("precious")
+    manifest["stages"]["seed"]["outputs"] = [{"path": "outside.txt", "sha256": entry["sha256"]}]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert Manifest(run).is_done("seed") is True

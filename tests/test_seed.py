@@ -7,9 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from humpback_plugin.jsonl_io import InputError
+from humpback_plugin.commands.seed import seed_command
+from humpback_plugin.core.errors import InputError
 from humpback_plugin.plugins import components
-from humpback_plugin.seed import load_seed, seed_command
+from humpback_plugin.stages.seed.stage import load_seed
 
 
 def write_jsonl(path, rows):

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from humpback_plugin import segment_filters as sf
-from humpback_plugin.corpus import segment_corpus
+from humpback_plugin.core.config import CorpusConfig
+from humpback_plugin.core.records import Segment
 from humpback_plugin.hookspecs import hookimpl
 from humpback_plugin.plugins import components, pm
-from humpback_plugin.records import Segment
+from humpback_plugin.stages.corpus import filters as sf
+from humpback_plugin.stages.corpus.stage import segment_corpus
 
 ENGLISH = (
     "Tomatoes grow best in warm soil with plenty of sunlight. Water them deeply but not too "
@@ -23,10 +24,18 @@ def make(text: str = ENGLISH, header: str | None = "Growing tomatoes") -> Segmen
     return Segment(id=Segment.make_id(text), text=text, header=header, source="t")
 
 
-def test_all_builtins_registered_in_default_order():
-    registered = components("register_segment_filters")
-    assert set(sf.DEFAULT_FILTERS) <= set(registered)
-    assert sf.DEFAULT_FILTERS[0] == "length" and sf.DEFAULT_FILTERS[-1] == "minhash"
+def test_all_builtins_registered_in_default_order(tmp_path):
+    # The order a run uses without a filter list: cheap checks first, exact dedup before
+    # language ID, MinHash last so only survivors enter its index.
+    order = [
+        "length", "header_empty_or_upper", "header_caps_ratio", "nav_header", "repetitive",
+        "exact_dedup", "english", "minhash",
+    ]  # fmt: skip
+    assert sorted(components("register_segment_filters")) == sorted(order)
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"text": ENGLISH * 5}) + "\n")
+    summary = segment_corpus([str(path)], tmp_path / "o.jsonl", progress=False)
+    assert summary.filters == order
 
 
 def test_length():
@@ -148,14 +157,16 @@ def test_filters_run_in_order_and_count_first_reason(tmp_path):
     summary = segment_corpus(
         [str(path)],
         tmp_path / "o.jsonl",
+        CorpusConfig(filter_options={"length": {"min_chars": 100}}),
         progress=False,
-        filter_options={"length": {"min_chars": 100}},
     )
     assert summary.rejected == {
         "header_empty_or_upper:header_upper": 1,
         "length:too_short": 1,
     }
-    summary = segment_corpus([str(path)], tmp_path / "o.jsonl", filters="none", progress=False)
+    summary = segment_corpus(
+        [str(path)], tmp_path / "o.jsonl", CorpusConfig(filters=["none"]), progress=False
+    )
     assert summary.kept == 2
 
 
@@ -174,7 +185,10 @@ def test_third_party_filter_plugin_by_name_and_override(tmp_path):
     pm.register(Plugin(), name="test-filters")
     try:
         summary = segment_corpus(
-            [str(path)], tmp_path / "o.jsonl", filters="length,no_tomatoes", progress=False
+            [str(path)],
+            tmp_path / "o.jsonl",
+            CorpusConfig(filters=["length", "no_tomatoes"]),
+            progress=False,
         )
         assert summary.rejected == {"no_tomatoes:tomato": 1} and summary.kept == 1
         default = segment_corpus([str(path)], tmp_path / "o.jsonl", progress=False)

@@ -17,7 +17,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from humpback_plugin import server as srv
+from humpback_plugin.commands.server import server as server_cli
+from humpback_plugin.core.errors import ServerError, UsageError
+from humpback_plugin.vllm import server as srv
+from humpback_plugin.vllm.install import install_peft
+from humpback_plugin.vllm.procs import group_members
 from tests.vllm_fixture import require_vllm_install
 
 RATINGS = ["1", "2", "3", "4", "5"]
@@ -131,30 +135,30 @@ def test_cli_start_status_stop_leaves_no_process(tmp_path: Path) -> None:
     require_vllm_install()
     runner = CliRunner()
     state = str(tmp_path / "state")
-    res = runner.invoke(srv.server, ["start", "--port", "0", "--state-dir", state])
+    res = runner.invoke(server_cli, ["start", "--port", "0", "--state-dir", state])
     assert res.exit_code == 0, res.output
     try:
-        res = runner.invoke(srv.server, ["status", "--state-dir", state, "--json"])
+        res = runner.invoke(server_cli, ["status", "--state-dir", state, "--json"])
         assert res.exit_code == 0, res.output
         st = json.loads(res.output)
         assert st["running"] and st["responding"]
         assert st["models"] == [srv.DEFAULT_SERVED_MODEL_NAME]
         pid = st["pid"]
-        assert srv._group_members(pid)  # the server leads its own process group
+        assert group_members(pid)  # the server leads its own process group
         assert os.getpgid(pid) == pid
     finally:
-        res = runner.invoke(srv.server, ["stop", "--state-dir", state])
+        res = runner.invoke(server_cli, ["stop", "--state-dir", state])
     assert res.exit_code == 0, res.output
     assert "stopped" in res.output
     time.sleep(0.2)
-    assert not srv._group_members(pid)
+    assert not group_members(pid)
     assert not Path(f"/proc/{pid}").exists()  # reaped, not a zombie
     with pytest.raises(httpx.TransportError):
         httpx.get(st["base_url"] + "/models", timeout=2)
-    res = runner.invoke(srv.server, ["status", "--state-dir", state, "--json"])
+    res = runner.invoke(server_cli, ["status", "--state-dir", state, "--json"])
     assert json.loads(res.output)["running"] is False
     # Stopping again is harmless.
-    assert runner.invoke(srv.server, ["stop", "--state-dir", state]).output.strip() == (
+    assert runner.invoke(server_cli, ["stop", "--state-dir", state]).output.strip() == (
         "not running"
     )
 
@@ -165,7 +169,7 @@ def test_start_failure_reports_log_and_cleans_up(tmp_path: Path) -> None:
     require_vllm_install()
     bad_model = tmp_path / "not-a-model"
     bad_model.mkdir()
-    with pytest.raises(srv.ServerError) as exc:
+    with pytest.raises(ServerError) as exc:
         srv.start_server(port=0, model=bad_model, state_dir=tmp_path / "s", timeout=120)
     assert "tail of" in str(exc.value)
     assert srv.server_status(state_dir=tmp_path / "s").running is False
@@ -193,7 +197,7 @@ def test_lora_adapter_is_served(tmp_path: Path) -> None:
     import subprocess
 
     info = require_vllm_install()
-    srv.install_peft()
+    install_peft()
     adapter = tmp_path / "adapter"
     subprocess.run(
         [str(info.python), "-c", _MAKE_LORA, str(info.model_dir), str(adapter), "12"],
@@ -280,20 +284,20 @@ def test_fake_lifecycle_start_status_stop(fake_home: Path) -> None:
         assert h.base_url == f"http://127.0.0.1:{h.port}/v1"
         st = srv.server_status(fake_home)
         assert st.running and st.responding and st.handle and st.handle.pid == h.pid
-        members = srv._group_members(h.pid)
+        members = group_members(h.pid)
         assert len(members) >= 2  # leader + forked worker share the group
-        with pytest.raises(srv.ServerError, match="already running"):
+        with pytest.raises(ServerError, match="already running"):
             srv.start_server(fake_home, port=0, install=False, model="m")
     finally:
         assert srv.stop_server(fake_home, grace=5) is True
-    assert not srv._group_members(h.pid)
+    assert not group_members(h.pid)
     assert not any(Path(f"/proc/{p}").exists() for p in members[:1])
     assert srv.server_status(fake_home).running is False
     assert srv.stop_server(fake_home) is False
 
 
 def test_fake_start_failure_shows_log_tail(fake_home: Path) -> None:
-    with pytest.raises(srv.ServerError, match="boom"):
+    with pytest.raises(ServerError, match="boom"):
         srv.start_server(
             fake_home, port=0, install=False, model="m", extra_args=["--fail"], timeout=30
         )
@@ -312,7 +316,7 @@ def test_build_command_lora_flags(tmp_path: Path) -> None:
     assert "--enable-lora" in cmd and "--enforce-eager" in cmd
     assert cmd[cmd.index("--max-lora-rank") + 1] == "64"
     assert cmd[cmd.index("--lora-modules") + 1] == f"a={ad.resolve()}"
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         srv.parse_lora("no-equals")
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         srv.parse_lora(f"a={tmp_path}")  # no adapter_config.json

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
-import click
 import pytest
 from click.testing import CliRunner
 
 from humpback_plugin.cli import cli
-from humpback_plugin.sharding import in_shard, merge_shards, parse_shard
+from humpback_plugin.core.errors import HumpbackError, UsageError
+from humpback_plugin.core.sharding import in_shard, parse_shard
+from humpback_plugin.run.merge import merge_shards
 
 
 def test_every_id_in_exactly_one_shard():
@@ -21,7 +22,7 @@ def test_every_id_in_exactly_one_shard():
 
 @pytest.mark.parametrize("bad", ["4/4", "-1/2", "x", "1/0"])
 def test_parse_shard_rejects(bad):
-    with pytest.raises(click.BadParameter):
+    with pytest.raises(UsageError):
         parse_shard(bad)
 
 
@@ -40,7 +41,7 @@ def test_merge_joins_and_refuses_doubles(tmp_path):
     assert merge_shards(parts, out)["records"] == 50
     _write(tmp_path / "dup.jsonl", ["s1"])
     out2 = tmp_path / "merged2.jsonl"
-    with pytest.raises(click.ClickException, match="s1 is in several shards"):
+    with pytest.raises(HumpbackError, match="s1 is in several shards"):
         merge_shards([*parts, tmp_path / "dup.jsonl"], out2)
     assert not out2.exists()
 
@@ -68,7 +69,7 @@ def test_merge_command_reports_missing_inputs(tmp_path):
 
 
 def test_sharded_augment_then_merge_equals_one_run(tmp_path):
-    from humpback_plugin.records import Segment
+    from humpback_plugin.core.records import Segment
     from tests.stub_openai import StubOpenAI, reply
 
     segments = tmp_path / "segments.jsonl"

@@ -14,10 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from humpback_plugin.client import OpenAIClient
-from humpback_plugin.jsonl_io import InputError, atomic_writer, iter_jsonl, write_jsonl_atomic
-from humpback_plugin.stage import StageInterrupted, run_stage
-from humpback_plugin.store import RecordStore
+from humpback_plugin.core.client import ClientConfig, OpenAIClient
+from humpback_plugin.core.errors import InputError, StageInterrupted
+from humpback_plugin.core.jsonl_io import atomic_writer, iter_jsonl, write_jsonl_atomic
+from humpback_plugin.core.runner import run_stage
+from humpback_plugin.core.store import RecordStore
 
 
 def test_store_appends_and_skips_known_keys(tmp_path):
@@ -77,7 +78,8 @@ def _echo_client(delay: float = 0.0, fail_ids: tuple[str, ...] = ()) -> OpenAICl
         text = body["prompt"].upper()
         return httpx.Response(200, json={"choices": [{"index": 0, "text": text}]})
 
-    return OpenAIClient("http://stub:1", "m", transport=httpx.MockTransport(handler))
+    config = ClientConfig(base_urls=["http://stub:1"], model="m")
+    return OpenAIClient(config, transport=httpx.MockTransport(handler))
 
 
 async def _echo_stage(tmp: Path, inputs: list[str], client: OpenAIClient):
@@ -121,13 +123,8 @@ def test_stage_stops_cleanly_when_the_server_is_gone(tmp_path):
     def dead(request):
         raise httpx.ConnectError("refused", request=request)
 
-    client = OpenAIClient(
-        "http://stub:1",
-        "m",
-        transport=httpx.MockTransport(dead),
-        max_retries=2,
-        backoff_base=0.001,
-    )
+    config = ClientConfig(base_urls=["http://stub:1"], model="m", max_retries=2)
+    client = OpenAIClient(config, transport=httpx.MockTransport(dead), backoff_base=0.001)
     with pytest.raises(StageInterrupted, match="re-run the same command to resume"):
         asyncio.run(_echo_stage(tmp_path, ["a", "b", "c"], client))
     stats = asyncio.run(_echo_stage(tmp_path, ["a", "b", "c"], _echo_client()))

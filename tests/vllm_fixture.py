@@ -24,14 +24,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from humpback_plugin.server import (
-    InstallInfo,
-    ServerError,
-    ServerHandle,
-    ensure_installed,
-    start_server,
-    stop_server,
-)
+from humpback_plugin.core.errors import ServerError
+from humpback_plugin.vllm.install import InstallInfo, ensure_installed
+from humpback_plugin.vllm.server import ServerHandle, start_server, stop_server
 
 
 def _unavailable(reason: str) -> None:

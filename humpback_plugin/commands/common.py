@@ -1,0 +1,196 @@
+"""What every ``humpback`` command shares: error handling, the client options, summaries.
+
+Library code raises :class:`~humpback_plugin.core.errors.HumpbackError`; :class:`Command`
+and :class:`Group` turn it into ``Error: <message>`` and the error's exit code, so no command
+needs its own ``try``. An ``OSError`` (disk full, read-only folder) names its path and is
+reported the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from humpback_plugin.core.client import ClientConfig, load_api_key
+from humpback_plugin.core.config import ClientSettings, default
+from humpback_plugin.core.errors import HumpbackError, UsageError
+
+
+@contextlib.contextmanager
+def user_errors(ctx: click.Context | None = None) -> Iterator[None]:
+    """Turn the project's exceptions into click's, with the right exit code."""
+    try:
+        yield
+    except UsageError as exc:
+        raise click.UsageError(str(exc), ctx) from exc
+    except HumpbackError as exc:
+        error = click.ClickException(str(exc))
+        error.exit_code = exc.exit_code
+        raise error from exc
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+class Command(click.Command):
+    def invoke(self, ctx: click.Context) -> Any:
+        with user_errors(ctx):
+            return super().invoke(ctx)
+
+
+class Group(click.Group):
+    """A command group whose commands (and sub-groups) report errors as one line."""
+
+    command_class = Command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with user_errors(ctx):
+            return super().invoke(ctx)
+
+
+Group.group_class = Group
+
+
+def command(name: str, **kwargs: Any) -> Callable[[Callable], Command]:
+    return click.command(name, cls=Command, **kwargs)
+
+
+def group(name: str, **kwargs: Any) -> Callable[[Callable], Group]:
+    return click.group(name, cls=Group, **kwargs)
+
+
+def split_names(value: str | None) -> list[str] | None:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; None stays None."""
+    if value is None:
+        return None
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def options(*decorators: Callable) -> Callable[[Callable], Callable]:
+    """Apply click option decorators in the order they are listed (top first)."""
+
+    def apply(fn: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+# --- talking to servers --------------------------------------------------------------------
+
+client_options = options(
+    click.option(
+        "--base-url",
+        "base_urls",
+        multiple=True,
+        required=True,
+        envvar="HUMPBACK_BASE_URL",
+        help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1. Repeat it for "
+        "several servers of the same model (requests go to the least busy).",
+    ),
+    click.option("--model", required=True, help="Served model name, or a LoRA adapter's name."),
+    click.option(
+        "--api-key-file",
+        type=click.Path(exists=True, dir_okay=False),
+        help="File holding the API key (default: $HUMPBACK_API_KEY; never printed).",
+    ),
+    click.option(
+        "--concurrency",
+        type=click.IntRange(1),
+        default=default(ClientSettings, "concurrency"),
+        show_default=True,
+        help="Requests in flight per server URL.",
+    ),
+    click.option(
+        "--timeout",
+        type=float,
+        default=default(ClientSettings, "timeout_s"),
+        show_default=True,
+        help="Seconds per request.",
+    ),
+    click.option(
+        "--retry-deadline",
+        type=float,
+        default=default(ClientSettings, "retry_deadline_s"),
+        show_default=True,
+        help="Give up (and stop, resumable) after retrying a server this many seconds.",
+    ),
+    click.option(
+        "--work-dir",
+        type=click.Path(file_okay=False),
+        help="Resumable store of finished requests (default: <output>.parts/).",
+    ),
+    click.option("--no-preflight", is_flag=True, help="Skip the check that the server is up."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+)
+
+
+def client_config(
+    base_urls: tuple[str, ...],
+    model: str,
+    api_key_file: str | None,
+    concurrency: int,
+    timeout: float,
+    retry_deadline: float,
+) -> ClientConfig:
+    """The client options as a :class:`ClientConfig` (the key read from file or env)."""
+    return ClientConfig(
+        base_urls=list(base_urls),
+        model=model,
+        api_key=load_api_key(api_key_file),
+        concurrency=concurrency,
+        timeout_s=timeout,
+        retry_deadline_s=retry_deadline,
+    )
+
+
+def pop_client_config(kwargs: dict[str, Any]) -> ClientConfig:
+    """Take the client options out of a command's keyword arguments."""
+    return client_config(
+        kwargs.pop("base_urls"),
+        kwargs.pop("model"),
+        kwargs.pop("api_key_file"),
+        kwargs.pop("concurrency"),
+        kwargs.pop("timeout"),
+        kwargs.pop("retry_deadline"),
+    )
+
+
+shard_option = click.option(
+    "--shard",
+    metavar="I/N",
+    help="Process only shard I of N (by record id), e.g. 0/4 on the first of four machines; "
+    "join the outputs with `humpback merge`.",
+)
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
+    """A two-column table of what a stage did, on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, f"{value:,.2f}" if isinstance(value, float) else str(value))
+    Console(stderr=True).print(table)
+
+
+def parse_settings(values: tuple[str, ...], option: str, example: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (values parsed as YAML) into a dict."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected {example}, got {item!r}", param_hint=option)
+        out[key.strip()] = yaml.safe_load(value)
+    return out

@@ -1,0 +1,143 @@
+"""Append-only JSONL record stores: how a stage resumes after any interruption.
+
+A stage appends one finished record per line, each carrying a ``key`` (a content hash of
+the input record, prompt template, model and sampling parameters). On start, the keys
+already present are skipped. A SIGKILL can leave at most one partial line at the end;
+opening the store cuts it off, so nothing is read twice or half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from humpback_plugin.core.jsonl_io import write_jsonl_atomic
+
+
+class RecordStore:
+    """Finished records of one stage, keyed by ``record["key"]``.
+
+    Only the key -> byte offset index is kept in memory (tens of bytes a record), so a
+    store of half a million generations stays small.
+    """
+
+    def __init__(self, path: str | os.PathLike, key_field: str = "key") -> None:
+        self.path = Path(path)
+        self.key_field = key_field
+        self._offsets: dict[str, int] = {}
+        self._fh: Any = None
+        self.recovered_bytes = 0
+        self._scan()
+
+    def _scan(self) -> None:
+        if not self.path.exists():
+            return
+        good_end = 0
+        with open(self.path, "rb") as fh:
+            while True:
+                start = fh.tell()
+                line = fh.readline()
+                if not line:
+                    break
+                if not line.endswith(b"\n"):
+                    break  # partial last line: the writer was killed mid-write
+                try:
+                    key = json.loads(line)[self.key_field]
+                except (ValueError, KeyError, TypeError):
+                    break  # a torn write; everything after it is suspect
+                # A key written twice (two racing resumes) keeps its first copy.
+                self._offsets.setdefault(key, start)
+                good_end = fh.tell()
+        size = self.path.stat().st_size
+        if size > good_end:
+            self.recovered_bytes = size - good_end
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good_end)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def keys(self) -> set[str]:
+        return set(self._offsets)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record as one line in a single write call; flushed before returning."""
+        key = record[self.key_field]
+        if key in self._offsets:
+            return
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        offset = self._fh.tell()
+        try:
+            # An unbuffered write may be short (e.g. a nearly full disk): finish the line.
+            view = memoryview(line)
+            while view:
+                view = view[self._fh.write(view) :]
+        except OSError as exc:
+            # Cut the partial line so later appends stay line-aligned; name the file.
+            with contextlib.suppress(OSError):
+                self._fh.truncate(offset)
+                self._fh.seek(offset)
+            if exc.errno is None:
+                raise
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from exc
+        self._offsets[key] = offset
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        offset = self._offsets.get(key)
+        if offset is None:
+            return None
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            return json.loads(fh.readline())
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Records in the order they were written, each key once."""
+        if not self.path.exists():
+            return
+        wanted = set(self._offsets.values())
+        with open(self.path, "rb") as fh:
+            while True:
+                start = fh.tell()
+                line = fh.readline()
+                if not line:
+                    break
+                if start in wanted:
+                    yield json.loads(line)
+
+    def ordered(self, keys: Iterable[str]) -> Iterator[dict[str, Any]]:
+        """Records in the order of ``keys`` (the input order), skipping keys not present."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as fh:
+            for key in keys:
+                offset = self._offsets.get(key)
+                if offset is None:
+                    continue
+                fh.seek(offset)
+                yield json.loads(fh.readline())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> RecordStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def finalize(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
+    """Write a final dataset atomically (temp file + rename); returns the record count."""
+    return write_jsonl_atomic(path, records)

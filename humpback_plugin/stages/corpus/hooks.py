@@ -1,0 +1,28 @@
+"""The corpus stage's built-in plugin: readers, segmenters and the paper's segment filters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from humpback_plugin.hookspecs import hookimpl
+from humpback_plugin.stages.corpus.filters import BUILTIN_FILTERS
+from humpback_plugin.stages.corpus.readers import BUILTIN_READERS
+from humpback_plugin.stages.corpus.segmenters import BUILTIN_SEGMENTERS
+
+
+@hookimpl
+def register_corpus_readers(register: Any) -> None:
+    for name, reader in BUILTIN_READERS.items():
+        register(name, reader)
+
+
+@hookimpl
+def register_segmenters(register: Any) -> None:
+    for name, segmenter in BUILTIN_SEGMENTERS.items():
+        register(name, segmenter)
+
+
+@hookimpl
+def register_segment_filters(register: Any) -> None:
+    for name, factory in BUILTIN_FILTERS.items():
+        register(name, factory)

@@ -1,0 +1,254 @@
+"""Self-curation: the current model rates every candidate pair 1-5; keep score >= k.
+
+The judge prompt is the paper's Table 1 rubric, verbatim (``prompts/curation.txt``), with
+the instruction and the candidate answer placed after it, unlabelled, as in the paper.
+The rubric comes first and is byte-identical in every request, so vLLM's prefix cache
+(on by default) computes it once and reuses it for every pair; the summary shows the
+server's prefix-cache hit rate for the run when ``/metrics`` is reachable.
+
+Scoring modes (``mode``, see :mod:`.scoring`): ``paper`` (reasoning + "Score: N", parsed
+from the last line, re-asked under a regex constraint when unparseable), ``constrained``
+(one constrained token) and ``logprobs`` (probabilities of 1-5 and the expected score), or
+any scorer a plugin registers. Selection (``selector``: threshold, target yield, quantile
+or a plugin's, see :mod:`.selectors`) writes the curated set; the full scored set is
+written too, so a different cut needs no new scoring.
+
+Iterations: M0 scores all candidates -> A_k(1) (``iteration=1``); M1 = base + seed +
+A_k(1) re-scores them -> A_k(2) (``iteration=2``); the iteration is recorded on every
+record and is part of the resume key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from humpback_plugin.core.client import ClientConfig, OpenAIClient
+from humpback_plugin.core.config import CurateConfig
+from humpback_plugin.core.hashing import content_hash
+from humpback_plugin.core.jsonl_io import write_json_atomic
+from humpback_plugin.core.layout import work_dir_for
+from humpback_plugin.core.records import Candidate, ScoredCandidate, read_records
+from humpback_plugin.core.runner import count_lines, run_model_stage
+from humpback_plugin.core.sharding import in_shard
+from humpback_plugin.core.store import RecordStore, finalize
+from humpback_plugin.plugins import load_template, pick, pm
+from humpback_plugin.stages.curate.scoring import ScoringContext
+
+
+def iter_candidates(
+    path: str | os.PathLike, shard: tuple[int, int] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Candidate pairs of a JSONL file as dicts (only shard I of N when given); a bad line
+    stops with the file and line named."""
+
+    def prepare(obj: dict[str, Any]) -> dict[str, Any]:
+        if "id" not in obj and isinstance(obj.get("instruction"), str):
+            obj = {
+                **obj,
+                "id": content_hash("candidate", obj.get("instruction"), obj.get("output")),
+            }
+        if "id" in obj:
+            obj = {"segment_id": obj["id"], **obj}
+        return obj
+
+    for obj, _candidate in read_records(path, Candidate, "a candidate pair", prepare):
+        if in_shard(obj["id"], shard):
+            yield obj
+
+
+def scoring_context(settings: CurateConfig) -> ScoringContext:
+    """The judge's template and settings, with the request and parse hooks' answers."""
+    return ScoringContext(
+        template=load_template(settings.template, required=("instruction", "output")),
+        settings=settings,
+        build_request=lambda instruction, output, template: pm.hook.curation_request(
+            instruction=instruction, output=output, template=template
+        ),
+        parse=lambda text: pm.hook.parse_curation_score(text=text),
+    )
+
+
+def curate(
+    candidates_path: str | os.PathLike, scored_path: str | os.PathLike, **options: Any
+) -> dict[str, Any]:
+    """Score every candidate pair and select the curated set; returns the run summary.
+
+    Writes ``scored_path`` (every pair with its score, input order) and, when given,
+    ``selected_path`` (the pairs the selector keeps). Re-running resumes.
+
+    ``options`` are those of :func:`curate_async`, which this runs in a fresh event loop.
+    """
+    return asyncio.run(curate_async(candidates_path, scored_path, **options))
+
+
+async def curate_async(
+    candidates_path: str | os.PathLike,
+    scored_path: str | os.PathLike,
+    *,
+    client_config: ClientConfig,
+    settings: CurateConfig | None = None,
+    selected_path: str | os.PathLike | None = None,
+    iteration: int = 1,
+    threshold: float | None = None,
+    work_dir: str | os.PathLike | None = None,
+    preflight: bool = True,
+    retry_failed: bool = False,
+    show_progress: bool = True,
+    client: OpenAIClient | None = None,
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """``threshold`` overrides ``settings.threshold`` (the run's last iteration uses
+    ``final_threshold``)."""
+    settings = settings or CurateConfig()
+    mode = settings.mode
+    scorer = pick("register_scorers", mode)
+    select = pick("register_selectors", settings.selector)
+    selector_options = settings.selector_options(threshold)
+    context = scoring_context(settings)
+    prompt = context.template
+    work = work_dir_for(scored_path, work_dir)
+    decoding = {
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens if mode == "paper" else None,
+        "prefill": settings.prefill if mode != "paper" else None,
+        "seed": settings.seed,
+    }
+    run_id = content_hash(
+        "curate", prompt.sha256, client_config.model, settings.endpoint, mode, decoding, iteration
+    )
+
+    def key_of(candidate: dict[str, Any]) -> str:
+        return content_hash(run_id, candidate["id"])
+
+    async def score(
+        client: OpenAIClient, candidate: dict[str, Any], key: str
+    ) -> list[dict[str, Any]]:
+        result = await scorer(client, candidate, context)
+        record = ScoredCandidate(
+            **{**candidate, **result, "scoring_mode": mode, "iteration": iteration}
+        ).model_dump()
+        return [record]
+
+    def finish(store: RecordStore) -> dict[str, Any]:
+        return _write_outputs(
+            candidates_path,
+            shard,
+            key_of,
+            store,
+            scored_path,
+            selected_path,
+            lambda rows: select(rows, dict(selector_options)),
+        )
+
+    result = await run_model_stage(
+        name=f"curate ({mode})",
+        client_config=client_config,
+        inputs=iter_candidates(candidates_path, shard),
+        key_of=key_of,
+        input_id_of=lambda c: c["id"],
+        work=score,
+        finish=finish,
+        work_dir=work,
+        store_name="scored.jsonl",
+        total=count_lines(candidates_path),
+        preflight=preflight,
+        retry_failed=retry_failed,
+        show_progress=show_progress,
+        client=client,
+    )
+    stats, counts = result.stats, result.outputs
+    scored_this_run = stats.processed
+    summary = {
+        "stage": "curate",
+        "mode": mode,
+        "iteration": iteration,
+        "candidates": stats.total_inputs,
+        "already_done": stats.already_done,
+        "scored_this_run": scored_this_run,
+        "scored": counts["scored"],
+        "with_score": counts["with_score"],
+        "score_histogram": counts["histogram"],
+        "score_status": counts["status"],
+        "mean_expected_score": counts["mean_expected"],
+        "selector": settings.selector,
+        "selector_options": selector_options,
+        "threshold": selector_options["threshold"],
+        "selected": counts["selected"],
+        "yield": round(counts["selected"] / counts["scored"], 4) if counts["scored"] else 0.0,
+        **result.summary(client_config.model),
+        "completion_tokens_per_pair": round(result.client.completion_tokens / scored_this_run, 2)
+        if scored_this_run
+        else None,
+        "pairs_per_s": result.per_second(scored_this_run),
+        "endpoint": settings.endpoint,
+        "template": prompt.path,
+        "template_sha256": prompt.sha256,
+        "scored_path": str(scored_path),
+        "selected_path": str(selected_path) if selected_path else None,
+    }
+    write_json_atomic(work / "summary.json", summary)
+    return summary
+
+
+def _write_outputs(
+    candidates_path: str | os.PathLike,
+    shard: tuple[int, int] | None,
+    key_of: Callable[[dict[str, Any]], str],
+    store: RecordStore,
+    scored_path: str | os.PathLike,
+    selected_path: str | os.PathLike | None,
+    select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+) -> dict[str, Any]:
+    def keys() -> Iterator[str]:
+        return (key_of(c) for c in iter_candidates(candidates_path, shard))
+
+    histogram: Counter = Counter()
+    status: Counter = Counter()
+    expected: list[float] = []
+    light: list[dict[str, Any]] = []
+
+    def scored() -> Iterator[dict[str, Any]]:
+        for record in store.ordered(keys()):
+            if record.pop("empty", False):
+                continue
+            histogram[str(record.get("score"))] += 1
+            status[record.get("score_status")] += 1
+            if record.get("expected_score") is not None:
+                expected.append(record["expected_score"])
+            light.append(
+                {
+                    "key": record["key"],
+                    "id": record["id"],
+                    "score": record.get("score"),
+                    "expected_score": record.get("expected_score"),
+                    "score_status": record.get("score_status"),
+                }
+            )
+            yield {k: v for k, v in record.items() if k != "key"}
+
+    n_scored = finalize(scored(), scored_path)
+    chosen = {r["key"] for r in select(light)}
+    n_selected = 0
+    if selected_path is not None:
+        n_selected = finalize(
+            (
+                {k: v for k, v in r.items() if k != "key"}
+                for r in store.ordered(keys())
+                if r["key"] in chosen
+            ),
+            selected_path,
+        )
+    else:
+        n_selected = len(chosen)
+    return {
+        "scored": n_scored,
+        "with_score": n_scored - histogram.get("None", 0),
+        "histogram": {k: histogram[k] for k in ("1", "2", "3", "4", "5", "None") if histogram[k]},
+        "status": dict(status),
+        "mean_expected": round(sum(expected) / len(expected), 4) if expected else None,
+        "selected": n_selected,
+    }
