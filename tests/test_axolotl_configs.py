@@ -248,7 +248,7 @@ def test_axolotl_rejects_a_bad_config_clearly(tmp_path: Path) -> None:
 def test_schema_snapshot_matches_installed_axolotl() -> None:
     bin_path = axolotl_bin()
     code = (
-        "import json; from humpback_plugin.axolotl_config import live_schema_keys;"
+        "import json; from humpback_plugin.axolotl.validate import live_schema_keys;"
         "print(json.dumps(live_schema_keys()))"
     )
     proc = run([axolotl_python(bin_path), "-c", code], bin_path)
@@ -264,7 +264,7 @@ def test_transformers_scheduler_ends_at_9e_6(datasets: Path, tmp_path: Path) -> 
     r = render_config("forward", 1, dataset=datasets / "m0.jsonl", examples=45021)
     path = write_config(r, tmp_path / "m1.yaml")
     code = (
-        "import json, sys, yaml; from humpback_plugin.axolotl_config import "
+        "import json, sys, yaml; from humpback_plugin.axolotl.schedule import "
         "scheduled_learning_rates as s; "
         "print(json.dumps(s(yaml.safe_load(open(sys.argv[1])))))"
     )

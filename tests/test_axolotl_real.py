@@ -282,7 +282,7 @@ def test_axolotl_cli_reaches_humpback_through_its_entry_point(tmp_path: Path) ->
         "Metadata-Version: 2.1\nName: humpback-entry-point-test\nVersion: 0\n"
     )
     (dist / "entry_points.txt").write_text(
-        "[axolotl.cli_commands]\nhumpback = humpback_plugin.axolotl_cli:humpback\n"
+        "[axolotl.cli_commands]\nhumpback = humpback_plugin.axolotl.entry:humpback\n"
     )
     proc = run(
         [bin_path, "humpback", "configs", "steps", "3200"], bin_path, PYTHONPATH=str(tmp_path)
