@@ -242,6 +242,11 @@ def english(
     return check
 
 
+# These decide on the segment alone, so they run in the worker processes; the dedup
+# filters keep an index of what was kept and run in the main process, in input order.
+for _factory in (length, header_empty_or_upper, header_caps_ratio, nav_header, repetitive, english):
+    _factory.stateless = True  # type: ignore[attr-defined]
+
 BUILTIN_FILTERS: dict[str, Callable[..., Check]] = {
     "length": length,
     "header_empty_or_upper": header_empty_or_upper,

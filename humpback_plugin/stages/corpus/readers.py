@@ -23,6 +23,16 @@ from humpback_plugin.core.hf import HF_PREFIX, load_hf_dataset
 from humpback_plugin.core.jsonl_io import iter_json_records
 from humpback_plugin.core.records import Document
 
+SUPPORTED_FORMATS = (
+    "WARC/WET (.warc, .wet, .arc[.gz]), HTML (.html, .htm[.gz]), JSONL/JSON (.jsonl, .json"
+    "[.gz]), text (.txt, .md[.gz]), MediaWiki XML dumps (.xml[.bz2]), parquet, hf:NAME"
+)
+
+
+class UnrecognisedFormat(InputError):
+    """A file no reader handles, or whose content is not the format its name says: the
+    run stops (never an empty output), naming the file and the supported formats."""
+
 
 def _name(path: str) -> str:
     return os.path.basename(path).lower()
@@ -385,9 +395,8 @@ def reader_for(path: str, readers: dict[str, Any], forced: str | None = None) ->
     for reader in readers.values():
         if reader.matches(path):
             return reader
-    raise InputError(
+    raise UnrecognisedFormat(
         path,
         None,
-        "no reader for this file type (WARC/WET, HTML, JSONL/JSON, text, parquet); "
-        "force one with --reader",
+        f"no reader for this file type; supported: {SUPPORTED_FORMATS}; force one with --reader",
     )

@@ -1,0 +1,148 @@
+"""The corpus stage's per-document work, pure so that any engine can run it on any core.
+
+:func:`process_item` takes one document and returns its segments with their verdicts:
+extract the main content, segment, run the *stateless* filters (those whose factory has
+``stateless = True``: length, the header filters, repetitive, english) and resolve the
+overlap of nested sections. The *stateful* filters (exact and MinHash deduplication) see
+every segment of the corpus, so they run in the main process, in input order, on what
+this returns (:func:`final_verdict`). That keeps the output of N workers identical to one
+worker's: same records, same order, same dedup decisions.
+
+Verdicts keep the configured filter order. A segment's verdict here is the first
+stateless filter that rejects it, with that filter's index in the order; the main process
+then runs only the stateful filters placed before that index, so each segment is counted
+under the same first reason, and enters the same dedup indexes, as if all filters ran one
+after the other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from humpback_plugin.core.records import Document, Segment
+from humpback_plugin.plugins import build, components
+
+# (index of the filter in the configured order, or -1 for a decision no filter may
+# change; filter name; reason key as counted in the summary)
+Verdict = tuple[int, str, str]
+OVERLAP = (-1, "overlap", "overlap:inside_parent")
+
+
+@dataclass(frozen=True)
+class WorkPlan:
+    """Everything a worker needs to process a document: names and options only, so it
+    pickles to any process; the worker builds the components once and caches them."""
+
+    extractor: str
+    segmenter: str | None
+    segment_options: dict[str, Any]
+    stateless_filters: tuple[tuple[int, str], ...]
+    filter_options: dict[str, dict[str, Any]]
+    overlap: str
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+
+@dataclass
+class WorkItem:
+    """One document of input argument ``arg``, or (``doc`` None) the end of file ``path``."""
+
+    arg: int
+    path: str
+    doc: Document | None = None
+
+
+@dataclass
+class DocResult:
+    arg: int
+    path: str
+    end_of_file: bool = False
+    doc_label: str = ""
+    has_html: bool = False
+    segments: list[tuple[Segment, Verdict | None]] = field(default_factory=list)
+
+
+@dataclass
+class _Built:
+    extract: Any
+    segmenters: dict[str, Any]
+    checks: list[tuple[int, str, Any]]
+
+
+_BUILT: dict[str, _Built] = {}
+
+
+def _built(plan: WorkPlan) -> _Built:
+    key = plan.key()
+    if key not in _BUILT:
+        names = [name for _index, name in plan.stateless_filters]
+        checks = build("register_segment_filters", names, plan.filter_options)
+        _BUILT.clear()  # one plan per run: do not keep the last run's filters around
+        _BUILT[key] = _Built(
+            extract=components("register_extractors")[plan.extractor],
+            segmenters=components("register_segmenters"),
+            checks=[
+                (index, name, check)
+                for (index, name), (_n, check) in zip(plan.stateless_filters, checks, strict=True)
+            ],
+        )
+    return _BUILT[key]
+
+
+def _first_rejection(segment: Segment, checks: list[tuple[int, str, Any]]) -> Verdict | None:
+    for index, name, check in checks:
+        reason = check(segment)
+        if reason:
+            return index, name, reason if reason == name else f"{name}:{reason}"
+    return None
+
+
+def _inside_kept(segment: Segment, parents: dict[int, int | None], kept: set[int]) -> bool:
+    parent = segment.meta.get("parent")
+    while parent is not None:
+        if parent in kept:
+            return True
+        parent = parents.get(parent)
+    return False
+
+
+def process_item(item: WorkItem, plan: WorkPlan) -> DocResult:
+    """Segments of one document with their verdicts (None: passed the stateless filters)."""
+    if item.doc is None:
+        return DocResult(arg=item.arg, path=item.path, end_of_file=True)
+    doc = item.doc
+    built = _built(plan)
+    name = plan.segmenter or ("html_headers" if doc.html is not None else "text_headers")
+    options = {**plan.segment_options, "extract": built.extract}
+    label = f"{doc.source}:{doc.offset}"
+    result = DocResult(arg=item.arg, path=item.path, doc_label=label, has_html=doc.html is not None)
+    parents: dict[int, int | None] = {}
+    kept: set[int] = set()
+    for segment in built.segmenters[name](doc, options):
+        verdict = _first_rejection(segment, built.checks)
+        if plan.overlap == "outermost":
+            parents[segment.position] = segment.meta.get("parent")
+            if verdict is None and _inside_kept(segment, parents, kept):
+                verdict = OVERLAP
+            if verdict is None:
+                kept.add(segment.position)
+        result.segments.append((segment, verdict))
+    return result
+
+
+def final_verdict(
+    segment: Segment, verdict: Verdict | None, stateful: list[tuple[int, str, Any]]
+) -> Verdict | None:
+    """The verdict after the stateful filters placed before the worker's verdict."""
+    if verdict is not None and verdict[0] < 0:
+        return verdict
+    for index, name, check in stateful:
+        if verdict is not None and index >= verdict[0]:
+            break
+        reason = check(segment)
+        if reason:
+            return index, name, reason if reason == name else f"{name}:{reason}"
+    return verdict
