@@ -8,6 +8,7 @@ from typing import Any
 from humpback_plugin.hookspecs import hookimpl
 from humpback_plugin.stages.corpus.extractors import BUILTIN_EXTRACTORS
 from humpback_plugin.stages.corpus.filters import BUILTIN_FILTERS
+from humpback_plugin.stages.corpus.mediawiki import MediaWikiReader
 from humpback_plugin.stages.corpus.readers import BUILTIN_READERS
 from humpback_plugin.stages.corpus.segmenters import BUILTIN_SEGMENTERS
 
@@ -16,6 +17,7 @@ from humpback_plugin.stages.corpus.segmenters import BUILTIN_SEGMENTERS
 def register_corpus_readers(register: Any) -> None:
     for name, reader in BUILTIN_READERS.items():
         register(name, reader)
+    register("mediawiki", MediaWikiReader())
 
 
 @hookimpl

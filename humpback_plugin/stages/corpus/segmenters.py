@@ -26,6 +26,7 @@ from typing import Any
 from humpback_plugin.core.config import SEGMENT_MAX_CHARS
 from humpback_plugin.core.records import Document, Segment
 from humpback_plugin.stages.corpus.extractors import LIST_TAGS, Block, lxml_extract
+from humpback_plugin.stages.corpus.mediawiki import wikitext_to_markdown
 
 
 def _join(blocks: list[Block]) -> str:
@@ -249,8 +250,12 @@ def html_headers(doc: Document, options: dict[str, Any]) -> Iterator[Segment]:
 def text_headers(doc: Document, options: dict[str, Any]) -> Iterator[Segment]:
     """Segments of plain text: header sections where there are markdown headers or title
     lines (text before the first header is grouped as paragraphs), else paragraphs grouped
-    to ``max_chars`` (default 3,000, the paper's upper length)."""
+    to ``max_chars`` (default 3,000, the paper's upper length). MediaWiki wikitext
+    (``meta["markup"] == "wikitext"``) is turned into text with its sections as headers
+    first."""
     text = doc.text or ""
+    if doc.meta.get("markup") == "wikitext":
+        text = wikitext_to_markdown(text, doc.meta.get("title"))
     max_chars = int(options.get("max_chars", SEGMENT_MAX_CHARS))
     blocks, has_headers = text_blocks(text)
     position = 0
