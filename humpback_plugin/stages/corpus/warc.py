@@ -245,29 +245,31 @@ def iter_warc(
             return
         parsed = _parse_headers(stream.get(pos, stream.base + header_end.start()))
         body_start = stream.base + header_end.end()
-        length_text = parsed[1].get("content-length", "") if parsed else ""
-        if parsed is None or not length_text.strip().isdigit():
-            on_problem(stream.where(pos), "WARC record without a valid Content-Length; skipped")
+        if parsed is None:
+            on_problem(stream.where(pos), "unreadable WARC version line; skipped")
             match = stream.find(_VERSION_LINE, body_start)
             if match is None:
                 return
             pos = stream.base + match.start()
             continue
         version, headers = parsed
-        length = int(length_text)
-        body_end = body_start + length
-        if not _length_holds(stream, body_start, body_end):
-            # The length lied: the record ends where the next one starts.
+        length_text = headers.get("content-length", "").strip()
+        length = int(length_text) if length_text.isdigit() else None
+        if length is not None and _length_holds(stream, body_start, body_start + length):
+            body_end = next_pos = body_start + length
+        else:
+            # The length lied (or is missing): the record ends where the next one starts.
             match = stream.find(_VERSION_LINE, body_start)
             next_pos = stream.end if match is None else stream.base + match.start()
             body_end = body_start + len(stream.get(body_start, next_pos).rstrip(b"\r\n"))
+            claimed = (
+                f"Content-Length {length_text} is wrong" if length_text else "no Content-Length"
+            )
             on_problem(
                 stream.where(pos),
-                f"Content-Length {length} is wrong (the record has {body_end - body_start} "
-                "bytes); read up to the next WARC/ line",
+                f"{claimed} (the record has {body_end - body_start} bytes); "
+                "read up to the next WARC/ line",
             )
-        else:
-            next_pos = body_end
         if stream.lost_between(pos, body_end):
             on_problem(stream.where(pos), "record lost to broken gzip data")
         else:
