@@ -425,8 +425,9 @@ def test_shared_html_pages(shared_data, tmp_path):
         [str(shared_data / "web" / "html")], tmp_path / "o.jsonl", progress=False
     )
     assert summary.documents == 120 and summary.bad_records == 0
-    assert 60 <= summary.kept <= 150
-    assert summary.rejected["length:too_short"] > summary.kept
+    # In-gold share and the held-out pages: tests/test_extraction.py.
+    assert 130 <= summary.kept <= 300
+    assert summary.rejected["length:too_short"] > 100
 
 
 def test_shared_warc_wet_jsonl_text(shared_data, tmp_path):
