@@ -304,14 +304,35 @@ BOILERPLATE_LINE = re.compile(
     """
 )
 BOILERPLATE_MAX_CHARS = 400
+# Every line BOILERPLATE_LINE matches contains one of these (lower-cased), starts with one
+# of the prefixes or ends with ")": a cheap test that spares the full pattern most lines.
+_BOILERPLATE_HINTS = (
+    "cookie", "newsletter", "subscri", "sign up", "signup", "sign-up", "inbox", "click here",
+    "read more", "follow ", "affiliate", "commission", "rights reserved", "©", "copyright",
+    "comment", "join ", "news tip", "breaking news", "photo", "image", "picture", "twitter",
+    "facebook", "instagram", "youtube", "linkedin", "whatsapp", "pinterest",
+)  # fmt: skip
+_BOILERPLATE_PREFIXES = (
+    "also on", "related", "[related", "see also", "more", "reporting", "writing", "editing",
+    "additional",
+)  # fmt: skip
+
+
+def _boilerplate(line: str) -> bool:
+    if len(line) > BOILERPLATE_MAX_CHARS:
+        return False
+    lowered = line.lower()
+    hinted = (
+        any(hint in lowered for hint in _BOILERPLATE_HINTS)
+        or lowered.startswith(_BOILERPLATE_PREFIXES)
+        or lowered.rstrip().endswith(")")
+    )
+    return hinted and bool(BOILERPLATE_LINE.search(line))
 
 
 def _shouting(line: str) -> bool:
-    """A long line mostly in capitals: a teaser link ("'DANCING WITH THE STARS': ...")."""
-    if len(line) < 40:
-        return False
-    letters = [c for c in line if c.isalpha()]
-    return bool(letters) and sum(c.isupper() for c in letters) >= 0.8 * len(letters)
+    """A long line with no lower-case letter: a teaser link ("'DANCING WITH THE STARS': ...")."""
+    return len(line) >= 40 and line == line.upper() and line != line.lower()
 
 
 def drop_boilerplate_lines(blocks: list[Block]) -> list[Block]:
@@ -322,12 +343,7 @@ def drop_boilerplate_lines(blocks: list[Block]) -> list[Block]:
         if level:
             out.append((level, text, tag))
             continue
-        lines = [
-            line
-            for line in text.split("\n")
-            if not (len(line) <= BOILERPLATE_MAX_CHARS and BOILERPLATE_LINE.search(line))
-            and not _shouting(line)
-        ]
+        lines = [line for line in text.split("\n") if not (_boilerplate(line) or _shouting(line))]
         if lines:
             out.append((level, "\n".join(lines), tag))
     return out
