@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from humpback_plugin.core.errors import UsageError
+
 Block = tuple[int, str, str]
 
 HEADING_LEVELS = {f"h{i}": i for i in range(1, 7)}
@@ -452,8 +454,12 @@ def _front_matter(markdown: str) -> tuple[dict[str, str], str]:
 def trafilatura_extract(html: str, options: dict[str, Any]) -> list[Block]:
     """trafilatura's main content as markdown (headers kept, comments left out), the
     page title from its metadata on top, emphasis markers and boilerplate lines removed."""
-    import trafilatura
-
+    try:
+        import trafilatura
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise UsageError(
+            "the trafilatura extractor needs trafilatura: pip install 'humpback-plugin[extract]'"
+        ) from exc
     if not html.strip():
         return []
     markdown = trafilatura.extract(
