@@ -80,7 +80,11 @@ def register_segment_filters(register: Any) -> None:
     state (deduplication), so a fresh one is built per run, and they run in the main
     process in input order. A factory with the attribute ``stateless = True`` promises
     that its check depends on the segment alone: it then runs in the worker processes
-    next to the segmenter (faster with ``--workers``). Built-ins: ``length``,
+    next to the segmenter (faster with ``--workers``). A stateful check may carry a
+    ``check.prepare(segment)`` that does the part of its work that depends on the segment
+    alone (``minhash``: the signature) in the workers, keeping the result in
+    ``segment._prepared`` under a key of its own; the check must still work without it.
+    Built-ins: ``length``,
     ``header_empty_or_upper``, ``header_caps_ratio``, ``nav_header``, ``repetitive``,
     ``exact_dedup``, ``minhash``, ``english``.
     """

@@ -192,3 +192,23 @@ def test_workers_option_on_the_command(tmp_path):
     assert result.exit_code == 2 and not (tmp_path / "p.jsonl").exists()
     help_text = CliRunner().invoke(segment_command, ["--help"]).output
     assert "--workers" in help_text and "--extractor" in help_text and "--overlap" in help_text
+
+
+def test_minhash_signature_prepared_in_a_worker_gives_the_same_decisions():
+    import pickle
+
+    from humpback_plugin.stages.corpus.filters import minhash
+
+    texts = [PAGE[:900], PAGE[:900] + " and one more word", PAGE[900:1800]]
+    plain, prepared = minhash(), minhash()
+    segments = [Segment(id=str(i), text=t, source="s") for i, t in enumerate(texts)]
+    for segment in segments:
+        prepared.prepare(segment)  # what a worker does
+    moved = [pickle.loads(pickle.dumps(s)) for s in segments]  # to the main process
+    assert all(s._prepared for s in moved)
+    assert (
+        "_prepared" not in moved[0].model_dump_json()
+        and "minhash" not in moved[0].model_dump_json()
+    )
+    expected = [plain(Segment(id=str(i), text=t, source="s")) for i, t in enumerate(texts)]
+    assert [prepared(s) for s in moved] == expected == [None, "near_duplicate", None]

@@ -127,6 +127,7 @@ def segment_corpus(
         stateless_filters=tuple(
             (index, name) for index, name in enumerate(names) if name not in stateful_names
         ),
+        stateful_filters=tuple((index, name) for index, name, _check in stateful),
         filter_options=filter_options,
         overlap=settings.overlap,
     )

@@ -41,6 +41,8 @@ class WorkPlan:
     stateless_filters: tuple[tuple[int, str], ...]
     filter_options: dict[str, dict[str, Any]]
     overlap: str
+    # (index, name): the stateful ones run in the main process; workers only prepare.
+    stateful_filters: tuple[tuple[int, str], ...] = ()
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
@@ -70,6 +72,8 @@ class _Built:
     extract: Any
     segmenters: dict[str, Any]
     checks: list[tuple[int, str, Any]]
+    # (index, prepare) of the stateful filters that can do part of their work here
+    prepares: list[tuple[int, Any]]
 
 
 _BUILT: dict[str, _Built] = {}
@@ -78,15 +82,30 @@ _BUILT: dict[str, _Built] = {}
 def _built(plan: WorkPlan) -> _Built:
     key = plan.key()
     if key not in _BUILT:
-        names = [name for _index, name in plan.stateless_filters]
-        checks = build("register_segment_filters", names, plan.filter_options)
         _BUILT.clear()  # one plan per run: do not keep the last run's filters around
+        stateless = build(
+            "register_segment_filters",
+            [name for _index, name in plan.stateless_filters],
+            plan.filter_options,
+        )
+        stateful = build(
+            "register_segment_filters",
+            [name for _index, name in plan.stateful_filters],
+            plan.filter_options,
+        )
+        stateless_at = [index for index, _name in plan.stateless_filters]
+        stateful_at = [index for index, _name in plan.stateful_filters]
         _BUILT[key] = _Built(
             extract=components("register_extractors")[plan.extractor],
             segmenters=components("register_segmenters"),
             checks=[
                 (index, name, check)
-                for (index, name), (_n, check) in zip(plan.stateless_filters, checks, strict=True)
+                for index, (name, check) in zip(stateless_at, stateless, strict=True)
+            ],
+            prepares=[
+                (index, check.prepare)
+                for index, (_name, check) in zip(stateful_at, stateful, strict=True)
+                if callable(getattr(check, "prepare", None))
             ],
         )
     return _BUILT[key]
@@ -129,6 +148,10 @@ def process_item(item: WorkItem, plan: WorkPlan) -> DocResult:
                 verdict = OVERLAP
             if verdict is None:
                 kept.add(segment.position)
+        for index, prepare in built.prepares:
+            # The stateful filters the main process will run on this segment.
+            if verdict is None or 0 <= index < verdict[0]:
+                prepare(segment)
         result.segments.append((segment, verdict))
     return result
 
