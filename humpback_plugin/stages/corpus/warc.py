@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-CHUNK = 1 << 20
+CHUNK = 1 << 18
+FEED = 1 << 16
 # A version line followed by a header line: the start of a record.
 _VERSION_LINE = re.compile(rb"WARC/\d+\.\d+\r?\n(?=[A-Za-z-]+:)")
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
@@ -115,20 +116,18 @@ class _Stream:
             if self._decomp is None:
                 self.members.append((self.end, self.raw_pos))
                 self._decomp = zlib.decompressobj(31)
-            data = self._pending
+            # Small feeds: zlib copies what follows a member's end into unused_data.
+            data = self._pending[:FEED]
             try:
                 out = self._decomp.decompress(data)
             except zlib.error as exc:
                 self._skip_broken_member(exc)
                 continue
+            used = len(data) - len(self._decomp.unused_data) if self._decomp.eof else len(data)
+            self.raw_pos += used
+            self._pending = self._pending[used:]
             if self._decomp.eof:
-                unused = self._decomp.unused_data
-                self.raw_pos += len(data) - len(unused)
-                self._pending = unused
                 self._decomp = None
-            else:
-                self.raw_pos += len(data)
-                self._pending = b""
             if out:
                 self.buf += out
                 return True
