@@ -23,6 +23,7 @@ import argparse
 import gzip
 import json
 import multiprocessing
+import resource
 import statistics
 import sys
 import tempfile
@@ -142,13 +143,19 @@ def workers(files: list[Path], tmp: Path, total_mb: float, repeat: int) -> dict:
     best time of each, and the median of the pairwise ratios."""
     folder = str(files[0].parent)
     _segment([str(files[0])], tmp / "warm.jsonl", workers=1)  # imports, language model
-    one, two, ratios, bare = [], [], [], []
+    one, two, ratios, bare, cpu_one, cpu_two, cpu_driver = [], [], [], [], [], [], []
     for _ in range(repeat):
+        before = _cpu()
         t1, s1 = timed_run(lambda: _segment([folder], tmp / "w1.jsonl", workers=1))
+        middle = _cpu()
         t2, s2 = timed_run(lambda: _segment([folder], tmp / "w2.jsonl", workers=2))
+        after = _cpu()
         one.append(t1)
         two.append(t2)
         ratios.append(t1 / t2)
+        cpu_one.append(sum(middle) - sum(before))
+        cpu_two.append(sum(after) - sum(middle))
+        cpu_driver.append(after[0] - middle[0])
         bare.append(_bare_speedup())
     identical = (tmp / "w1.jsonl").read_bytes() == (tmp / "w2.jsonl").read_bytes()
     return {
@@ -163,7 +170,24 @@ def workers(files: list[Path], tmp: Path, total_mb: float, repeat: int) -> dict:
         # What the machine gave two bare busy processes over one, in the same minutes:
         # other jobs on a shared machine take cores away from both measurements.
         "bare_processes_speedup": round(statistics.median(bare), 2),
+        # CPU seconds (main process + workers) do not depend on other jobs: the work that
+        # two workers add (pickling, forking), and the main process's share of it.
+        "cpu_seconds_one_worker": round(statistics.median(cpu_one), 2),
+        "cpu_seconds_two_workers": round(statistics.median(cpu_two), 2),
+        "main_process_cpu_share": round(
+            statistics.median(cpu_driver) / statistics.median(cpu_two), 2
+        ),
+        "idle_machine_estimate": round(
+            2 * statistics.median(cpu_one) / statistics.median(cpu_two), 2
+        ),
     }
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds so far of this process and of its finished child processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def _burn(n: int) -> int:
@@ -262,6 +286,9 @@ def _print_workers(k: dict) -> None:
           f"pairs {pairs}x), identical output: {k['identical_output']}")  # fmt: skip
     print(f"  baseline: two bare busy processes got {k['bare_processes_speedup']}x one's "
           "throughput in the same minutes (2.0 on an idle 2-core machine)")  # fmt: skip
+    print(f"  CPU seconds: 1 worker {k['cpu_seconds_one_worker']}, 2 workers "
+          f"{k['cpu_seconds_two_workers']} (main process {k['main_process_cpu_share']:.0%}); "
+          f"on an idle 2-core machine that is {k['idle_machine_estimate']}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ def register_corpus_readers(register: Any) -> None:
     ``read(path: str, options: dict) -> Iterator[Document]``. A reader must stream (never
     load a whole corpus), skip records it cannot parse and report them through
     ``options["on_error"](source, offset, message)`` so the rest of the file is still read.
+    A reader of one or a few documents per file may set ``per_file = True``: the worker
+    processes then read the files themselves (``html`` does), otherwise the main process
+    reads every file in order and sends the documents to the workers.
     Built-ins: ``warc`` (WARC/WET via warcio), ``html``, ``jsonl``, ``text``, ``parquet``,
     ``hf`` (Hugging Face datasets, when installed).
     """

@@ -40,6 +40,17 @@ def pid(_x: int) -> int:
     return os.getpid()
 
 
+class OddError(Exception):
+    def __init__(self, code: int, detail: str):
+        super().__init__(f"{code}: {detail}")
+
+
+def fail_oddly(x: int) -> int:
+    if x == 3:
+        raise OddError(3, "cannot be rebuilt from its message")
+    return x
+
+
 def test_map_ordered_keeps_input_order_and_bounds_what_is_in_flight():
     pulled: list[int] = []
 
@@ -74,6 +85,22 @@ def test_errors_propagate_and_early_stops_close_the_pool():
             if value > 100:
                 break
     assert engine._pool is None
+
+
+def test_errors_that_cannot_travel_back_do_not_hang_the_pool():
+    from humpback_plugin.core.engine import WorkerError
+    from humpback_plugin.core.errors import InputError
+
+    with pytest.raises(WorkerError, match="OddError: 3: cannot be rebuilt"):
+        list(LocalEngine(workers=2).map_ordered(fail_oddly, range(8)))
+    with pytest.raises(InputError, match=r"^a\.warc:byte 7: broken$"):
+        list(LocalEngine(workers=2).map_ordered(raise_input_error, range(2)))
+
+
+def raise_input_error(_x: int) -> int:
+    from humpback_plugin.core.errors import InputError
+
+    raise InputError("a.warc", "byte 7", "broken")
 
 
 def test_engines_by_name():
@@ -212,3 +239,28 @@ def test_minhash_signature_prepared_in_a_worker_gives_the_same_decisions():
     )
     expected = [plain(Segment(id=str(i), text=t, source="s")) for i, t in enumerate(texts)]
     assert [prepared(s) for s in moved] == expected == [None, "near_duplicate", None]
+
+
+def test_files_read_in_the_workers_report_problems_as_the_main_process_would(tmp_path):
+    import gzip as gz
+
+    from humpback_plugin.core.errors import InputError
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for i in range(5):
+        (pages / f"{i}.html").write_text(PAGE.replace("Soil", f"Soil {i}").replace("soil", f"s{i}"))
+    blob = gz.compress(PAGE.encode())
+    (pages / "2b-cut.html.gz").write_bytes(blob[: len(blob) // 2])
+    (pages / "3b-empty.html").write_text("")
+    one = _run([str(pages)], tmp_path / "one.jsonl", 1)
+    two = _run([str(pages)], tmp_path / "two.jsonl", 2)
+    assert one == two
+    assert one[2]["bad_records"] == 1 and "2b-cut.html.gz" in one[2]["errors"][0]["source"]
+    assert one[2]["skipped"] == {"empty file": 1} and one[2]["files"] == 7
+    with pytest.raises(InputError, match=r"2b-cut\.html\.gz"):
+        segment_corpus(
+            [str(pages)], tmp_path / "s.jsonl", CorpusConfig(workers=2), strict=True,
+            progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "s.jsonl").exists()

@@ -19,6 +19,7 @@ name.
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import os
 from collections import deque
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any, Protocol
 
-from humpback_plugin.core.errors import UnknownComponent
+from humpback_plugin.core.errors import HumpbackError, UnknownComponent
 
 
 def available_cores() -> int:
@@ -54,8 +55,21 @@ class Engine(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+class WorkerError(HumpbackError):
+    """An error in a worker that could not travel back as itself."""
+
+
 def _run_chunk(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
-    return [fn(item) for item in chunk]
+    try:
+        return [fn(item) for item in chunk]
+    except Exception as exc:
+        # An exception that cannot be rebuilt in the calling process (a class whose
+        # __init__ wants other arguments) would leave the pool waiting forever.
+        try:
+            copy.deepcopy(exc)
+        except Exception:  # noqa: BLE001 - any failure means it cannot travel
+            raise WorkerError(f"{type(exc).__name__}: {exc}") from None
+        raise
 
 
 class LocalEngine:

@@ -193,9 +193,13 @@ def _read_arc(path: str, fh: Any, on_skip: Any) -> Iterator[Document]:
 
 
 class HtmlReader:
-    """One web page per ``.html``/``.htm`` file, gzipped or not."""
+    """One web page per ``.html``/``.htm`` file, gzipped or not.
+
+    ``per_file``: the workers read the file themselves, so the main process neither
+    reads nor sends it (a reader of one or a few documents per file may say so)."""
 
     name = "html"
+    per_file = True
 
     def matches(self, path: str) -> bool:
         return _name(path).removesuffix(".gz").endswith((".html", ".htm", ".xhtml"))

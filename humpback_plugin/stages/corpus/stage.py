@@ -29,7 +29,14 @@ from humpback_plugin.core.errors import InputError, UnknownComponent
 from humpback_plugin.core.jsonl_io import atomic_writer
 from humpback_plugin.plugins import build, components
 from humpback_plugin.stages.corpus.readers import UnrecognisedFormat, expand_inputs, reader_for
-from humpback_plugin.stages.corpus.work import WorkItem, WorkPlan, final_verdict, process_item
+from humpback_plugin.stages.corpus.work import (
+    DocResult,
+    FileResult,
+    WorkItem,
+    WorkPlan,
+    final_verdict,
+    process_item,
+)
 
 MAX_ERRORS_KEPT = 50
 # Documents per task sent to a worker; the engine keeps two tasks per worker in flight.
@@ -130,6 +137,8 @@ def segment_corpus(
         stateful_filters=tuple((index, name) for index, name, _check in stateful),
         filter_options=filter_options,
         overlap=settings.overlap,
+        read_options={"text_field": settings.text_field, "text_per_line": settings.text_per_line},
+        strict=strict,
     )
     limit = settings.max_segments
     groups = expand_inputs(inputs, readers)
@@ -168,9 +177,15 @@ def segment_corpus(
         "on_skip": on_skip,
     }
 
+    reader_names = {id(reader): name for name, reader in readers.items()}
+
     def items() -> Iterator[WorkItem]:
-        """Documents in input order (read here, one file after the other)."""
+        """Documents in input order (read here, one file after the other); a per-file
+        reader's files go to the workers as paths."""
         for arg_index, path, file_reader in files:
+            if getattr(file_reader, "per_file", False):
+                yield WorkItem(arg=arg_index, path=path, reader=reader_names[id(file_reader)])
+                continue
             try:
                 for doc in file_reader.read(path, read_options):
                     yield WorkItem(arg=arg_index, path=path, doc=doc)
@@ -193,13 +208,10 @@ def segment_corpus(
         _progress(progress) as bar,
     ):
         task = bar.add_task("segmenting", total=len(files), docs=0, kept=0)
-        for result in engine.map_ordered(work, items(), chunk_size=DOCS_PER_TASK):
+
+        def take(result: DocResult) -> bool:
+            """Count and write one document's segments; True once the limit is reached."""
             counts = summary.by_source[groups[result.arg][0]]
-            if result.end_of_file:
-                counts["files"] += 1
-                summary.files += 1
-                bar.update(task, advance=1, docs=summary.documents, kept=summary.kept)
-                continue
             summary.documents += 1
             counts["documents"] += 1
             for segment, worker_verdict in result.segments:
@@ -211,7 +223,7 @@ def segment_corpus(
                     counts["kept"] += 1
                     summary.kept += 1
                     if limit is not None and summary.kept >= limit:
-                        break
+                        return True
                 else:
                     rejected[verdict[2]] += 1
                     if keep_rejected:
@@ -224,8 +236,25 @@ def segment_corpus(
                     summary.without_headers.append(result.doc_label)
             if summary.documents % 50 == 0:
                 bar.update(task, docs=summary.documents, kept=summary.kept)
-            if limit is not None and summary.kept >= limit:
-                break
+            return False
+
+        for result in engine.map_ordered(work, items(), chunk_size=DOCS_PER_TASK):
+            if isinstance(result, FileResult):
+                # A file a worker read: its problems first, as they were met.
+                for source, offset, message in result.errors:
+                    on_error(source, offset, message)
+                for source, why in result.skips:
+                    on_skip(source, why)
+                if any(take(doc_result) for doc_result in result.docs):
+                    break
+            elif not result.end_of_file:
+                if take(result):
+                    break
+                continue
+            counts = summary.by_source[groups[result.arg][0]]
+            counts["files"] += 1
+            summary.files += 1
+            bar.update(task, advance=1, docs=summary.documents, kept=summary.kept)
     summary.rejected = dict(rejected.most_common())
     summary.skipped = dict(skipped)
     summary.seconds = round(time.monotonic() - started, 3)

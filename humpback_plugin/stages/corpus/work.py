@@ -21,8 +21,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from humpback_plugin.core.errors import InputError
 from humpback_plugin.core.records import Document, Segment
 from humpback_plugin.plugins import build, components
+from humpback_plugin.stages.corpus.readers import UnrecognisedFormat
 
 # (index of the filter in the configured order, or -1 for a decision no filter may
 # change; filter name; reason key as counted in the summary)
@@ -43,6 +45,9 @@ class WorkPlan:
     overlap: str
     # (index, name): the stateful ones run in the main process; workers only prepare.
     stateful_filters: tuple[tuple[int, str], ...] = ()
+    # For per-file readers, which run in the workers.
+    read_options: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
@@ -50,11 +55,13 @@ class WorkPlan:
 
 @dataclass
 class WorkItem:
-    """One document of input argument ``arg``, or (``doc`` None) the end of file ``path``."""
+    """One document of input argument ``arg``; or the file ``path`` to read here with the
+    per-file reader named ``reader``; or (neither) the end of file ``path``."""
 
     arg: int
     path: str
     doc: Document | None = None
+    reader: str | None = None
 
 
 @dataclass
@@ -68,12 +75,25 @@ class DocResult:
 
 
 @dataclass
+class FileResult:
+    """A file read in the worker: its documents' results and the problems met reading it
+    (``(source, offset, message)`` errors and ``(source, why)`` skips), in order."""
+
+    arg: int
+    path: str
+    docs: list[DocResult] = field(default_factory=list)
+    errors: list[tuple[str, Any, str]] = field(default_factory=list)
+    skips: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
 class _Built:
     extract: Any
     segmenters: dict[str, Any]
     checks: list[tuple[int, str, Any]]
     # (index, prepare) of the stateful filters that can do part of their work here
     prepares: list[tuple[int, Any]]
+    readers: dict[str, Any]
 
 
 _BUILT: dict[str, _Built] = {}
@@ -97,6 +117,7 @@ def _built(plan: WorkPlan) -> _Built:
         stateful_at = [index for index, _name in plan.stateful_filters]
         _BUILT[key] = _Built(
             extract=components("register_extractors")[plan.extractor],
+            readers=components("register_corpus_readers"),
             segmenters=components("register_segmenters"),
             checks=[
                 (index, name, check)
@@ -128,16 +149,48 @@ def _inside_kept(segment: Segment, parents: dict[int, int | None], kept: set[int
     return False
 
 
-def process_item(item: WorkItem, plan: WorkPlan) -> DocResult:
-    """Segments of one document with their verdicts (None: passed the stateless filters)."""
+def process_item(item: WorkItem, plan: WorkPlan) -> DocResult | FileResult:
+    """Segments of one document with their verdicts (None: passed the stateless filters),
+    or of every document of a file read here."""
+    if item.reader is not None:
+        return _read_here(item, plan)
     if item.doc is None:
         return DocResult(arg=item.arg, path=item.path, end_of_file=True)
-    doc = item.doc
+    return _process_document(item.arg, item.path, item.doc, plan)
+
+
+def _read_here(item: WorkItem, plan: WorkPlan) -> FileResult:
+    result = FileResult(arg=item.arg, path=item.path)
+
+    def on_error(source: str, offset: Any, message: str) -> None:
+        if plan.strict:
+            raise InputError(source, offset, message)
+        result.errors.append((source, offset, message))
+
+    options = {
+        **plan.read_options,
+        "on_error": on_error,
+        "on_skip": lambda source, why: result.skips.append((source, why)),
+    }
+    try:
+        for doc in _built(plan).readers[item.reader].read(item.path, options):
+            result.docs.append(_process_document(item.arg, item.path, doc, plan))
+    except UnrecognisedFormat:
+        raise
+    except InputError as exc:
+        # A file that breaks off (truncated gzip) keeps what was read before.
+        if plan.strict:
+            raise
+        result.errors.append((exc.path, exc.where, exc.message))
+    return result
+
+
+def _process_document(arg: int, path: str, doc: Document, plan: WorkPlan) -> DocResult:
     built = _built(plan)
     name = plan.segmenter or ("html_headers" if doc.html is not None else "text_headers")
     options = {**plan.segment_options, "extract": built.extract}
     label = f"{doc.source}:{doc.offset}"
-    result = DocResult(arg=item.arg, path=item.path, doc_label=label, has_html=doc.html is not None)
+    result = DocResult(arg=arg, path=path, doc_label=label, has_html=doc.html is not None)
     parents: dict[int, int | None] = {}
     kept: set[int] = set()
     for segment in built.segmenters[name](doc, options):
