@@ -33,6 +33,7 @@ unit:
 
 bench: setup
 	python bench/bench_segment.py
+	python bench/bench_extraction.py
 	python bench/bench_generation.py
 
 clean:

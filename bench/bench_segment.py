@@ -131,7 +131,8 @@ def segment(inputs: list[str], out: Path, filters):
     from humpback_plugin.core.config import CorpusConfig
     from humpback_plugin.stages.corpus.stage import segment_corpus
 
-    settings = CorpusConfig(filters=filters)
+    # One core: the parallel speed-up is bench_extraction.py's business.
+    settings = CorpusConfig(filters=filters, workers=1)
     return segment_corpus(inputs, out, settings, progress=False, warn=lambda m: None)
 
 

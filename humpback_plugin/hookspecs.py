@@ -34,8 +34,27 @@ def register_corpus_readers(register: Any) -> None:
     ``read(path: str, options: dict) -> Iterator[Document]``. A reader must stream (never
     load a whole corpus), skip records it cannot parse and report them through
     ``options["on_error"](source, offset, message)`` so the rest of the file is still read.
+    A reader of one or a few documents per file may set ``per_file = True``: the worker
+    processes then read the files themselves (``html`` does), otherwise the main process
+    reads every file in order and sends the documents to the workers.
     Built-ins: ``warc`` (WARC/WET via warcio), ``html``, ``jsonl``, ``text``, ``parquet``,
     ``hf`` (Hugging Face datasets, when installed).
+    """
+
+
+@hookspec
+def register_extractors(register: Any) -> None:
+    """Register main-content extractors, run on a page's HTML before header segmentation.
+
+    ``register(name, extractor)`` where ``extractor(html: str, options: dict) ->
+    list[tuple[int, str, str]]`` returns the page's main content in reading order as
+    ``(level, text, tag)`` blocks: level 1-6 for a header, 0 for text (``tag`` is the HTML
+    tag, used to join list items and table cells with one newline). It must be a
+    module-level function (the corpus stage runs it in worker processes) and keep no
+    state between pages. Built-ins: ``resiliparse`` (the default: Resiliparse's main
+    content with its headers), ``trafilatura`` (markdown output, headers kept) and
+    ``lxml`` (the whole page minus boilerplate by tag, class, id and role). Picked by
+    ``corpus.extractor`` / ``humpback segment --extractor``.
     """
 
 
@@ -47,7 +66,10 @@ def register_segmenters(register: Any) -> None:
     Built-ins: ``html_headers`` (a header plus the text after it, lower-level subtrees
     included, as in the paper) and ``text_headers`` (markdown/line headers in plain text,
     else paragraphs grouped to the length window). The segment stage picks ``html_headers``
-    for documents with HTML and ``text_headers`` otherwise unless configured.
+    for documents with HTML and ``text_headers`` otherwise unless configured. The
+    configured extractor is passed as ``options["extract"]``. A segment nested in another
+    sets ``meta["parent"]`` to the enclosing segment's ``position`` so that
+    ``corpus.overlap`` can keep one of them.
     """
 
 
@@ -58,7 +80,14 @@ def register_segment_filters(register: Any) -> None:
     ``register(name, factory)`` where ``factory(**options)`` returns a callable
     ``check(segment) -> str | None``: ``None`` keeps the segment, a string is the rejection
     reason (counted in the summary, written with ``--keep-rejected``). Filters may keep
-    state (deduplication), so a fresh one is built per run. Built-ins: ``length``,
+    state (deduplication), so a fresh one is built per run, and they run in the main
+    process in input order. A factory with the attribute ``stateless = True`` promises
+    that its check depends on the segment alone: it then runs in the worker processes
+    next to the segmenter (faster with ``--workers``). A stateful check may carry a
+    ``check.prepare(segment)`` that does the part of its work that depends on the segment
+    alone (``minhash``: the signature) in the workers, keeping the result in
+    ``segment._prepared`` under a key of its own; the check must still work without it.
+    Built-ins: ``length``,
     ``header_empty_or_upper``, ``header_caps_ratio``, ``nav_header``, ``repetitive``,
     ``exact_dedup``, ``minhash``, ``english``.
     """

@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
 # Registration hooks and the kind of component each registers (for listings and errors).
 COMPONENT_KINDS = {
     "register_corpus_readers": "corpus reader",
+    "register_extractors": "extractor",
     "register_segmenters": "segmenter",
     "register_segment_filters": "segment filter",
     "register_seed_loaders": "seed loader",

@@ -42,6 +42,7 @@ def print_summary(summary: SegmentSummary) -> None:
         extra.append(f"{summary.bad_records:,} bad records skipped")
     for why, n in summary.skipped.items():
         extra.append(f"{n:,} records skipped ({why})")
+    extra.append(f"extractor {summary.extractor}, {summary.workers} worker(s)")
     console.print("; ".join(extra) + f"; {summary.seconds:.1f}s")
 
 
@@ -92,6 +93,34 @@ def _parse_filter_options(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--reader", default=None, help="Force a reader instead of guessing from names.")
 @click.option("--segmenter", default=None, help="Force a segmenter (html_headers, text_headers).")
 @click.option(
+    "--extractor",
+    default=default(CorpusConfig, "extractor"),
+    show_default=True,
+    help="Main-content extractor for HTML: resiliparse (clean, fast), trafilatura (clean, "
+    "slow), lxml (the whole page minus boilerplate tags), or a plugin's.",
+)
+@click.option(
+    "--overlap",
+    type=click.Choice(["outermost", "all"]),
+    default=default(CorpusConfig, "overlap"),
+    show_default=True,
+    help="Nested sections: keep the outermost that passes the filters (no text in two "
+    "segments), or every section (an h2 segment and each of its h3s).",
+)
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(min=1),
+    default=default(CorpusConfig, "workers"),
+    help="Processes (default: every core). The output is the same for any number.",
+)
+@click.option(
+    "--engine",
+    default=default(CorpusConfig, "engine"),
+    show_default=True,
+    help="Where the per-document work runs: local (processes on this machine).",
+)
+@click.option(
     "--no-header-fallback",
     type=click.Choice(["skip", "paragraphs"]),
     default=default(CorpusConfig, "no_header_fallback"),
@@ -114,6 +143,10 @@ def segment_command(
     text_per_line: bool,
     reader: str | None,
     segmenter: str | None,
+    extractor: str,
+    overlap: str,
+    workers: int | None,
+    engine: str,
     no_header_fallback: str,
     keep_rejected: str | None,
     summary_path: str | None,
@@ -125,16 +158,25 @@ def segment_command(
 
     \b
     INPUT: files, folders (read recursively), globs ('crawl/*.warc.gz') or hf:NAME[:SPLIT]
-      *.warc[.gz] *.wet[.gz]   WARC HTML responses / WET text (warcio)
+      *.warc[.gz] *.wet[.gz]   WARC HTML responses / WET text; a record whose
+                               Content-Length lies is cut at the next WARC/ line
       *.html[.gz] *.htm         one page per file
       *.jsonl[.gz] *.json       rows with the text in --text-field (C4, dolma)
       *.txt[.gz] *.md           one document per file, or per line with --text-per-line
+      *.xml[.bz2|.gz]           MediaWiki XML dumps: articles, == sections == as headers
       *.parquet                 pyarrow; hf:NAME or a save_to_disk folder: `datasets`
+    A file of any other type, or whose content is not its type's format, stops the run
+    with an error naming it (never an empty output).
 
     \b
-    A segment is a header plus the text after it, lower-level headers included (an h2
-    segment holds its h3 children). Plain text is split on markdown or title-line
-    headers, else its paragraphs are grouped up to the length maximum.
+    HTML goes through a main-content extractor first (--extractor). A segment is a header
+    plus the text after it, lower-level headers included (an h2 segment holds its h3
+    children). --overlap outermost (default) keeps the outermost section that passes the
+    filters and drops the sections inside it, so no text is in two segments; a section
+    too long to keep gives way to its sub-sections, its lead (text before the first
+    sub-header) and, past 3,000 characters, parts of about equal size under the same
+    header. Plain text is split on markdown or title-line headers, else its paragraphs
+    are grouped up to the length maximum.
 
     \b
     Filters (cheap first; each rejected segment is counted under its first reason):
@@ -157,8 +199,14 @@ def segment_command(
     --keep-rejected, --summary) is written completely or not at all.
 
     \b
+    --workers N runs extraction, segmentation and the per-segment filters in N
+    processes; deduplication stays in this process, in input order, so the output is
+    the same records in the same order as with one worker.
+
+    \b
     Example:
       humpback segment crawl/*.warc.gz c4.jsonl -o segments.jsonl --summary seg.json
+      humpback segment enwiki-pages-articles1.xml.bz2 -o wiki.jsonl --workers 8
     """
     settings = CorpusConfig(
         inputs=list(inputs),
@@ -166,6 +214,10 @@ def segment_command(
         text_per_line=text_per_line,
         reader=reader,
         segmenter=segmenter,
+        extractor=extractor,
+        overlap=overlap,
+        workers=workers,
+        engine=engine,
         no_header_fallback=no_header_fallback,
         filters=split_names(filters),
         filter_options=_parse_filter_options(filter_option),

@@ -94,6 +94,17 @@ class CorpusConfig(_Strict):
     text_per_line: bool = False
     reader: str | None = Field(None, description="force a reader (default: by file name)")
     segmenter: str | None = Field(None, description="force a segmenter (default: by document)")
+    extractor: str = Field(
+        "resiliparse",
+        description="main-content extractor for HTML: resiliparse | trafilatura | lxml",
+    )
+    overlap: Literal["outermost", "all"] = Field(
+        "outermost",
+        description="nested header sections: keep the outermost one that passes the filters "
+        "(its sub-sections are dropped) or keep all (the same text in several segments)",
+    )
+    workers: int | None = Field(None, ge=1, description="processes; None = every core")
+    engine: str = Field("local", description="where the per-document work runs (core.engine)")
     no_header_fallback: Literal["skip", "paragraphs"] = Field(
         "skip", description="HTML without headers: skip (the paper) or group paragraphs"
     )

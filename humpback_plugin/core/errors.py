@@ -36,6 +36,10 @@ class InputError(HumpbackError):
         loc = self.path if where is None else f"{self.path}:{where}"
         super().__init__(f"{loc}: {message}")
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its three parts when it crosses from a worker process.
+        return self.__class__, (self.path, self.where, self.message)
+
 
 class ConfigError(HumpbackError):
     """A config Axolotl would reject or silently misread, naming the file and the key."""

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from humpback_plugin.core.errors import InputError
 from humpback_plugin.core.hashing import content_hash
@@ -45,6 +45,9 @@ class Segment(Record):
     url: str | None = None
     position: int = 0
     meta: dict[str, Any] = Field(default_factory=dict)
+    # Work a filter did ahead in a worker process (a MinHash signature), by the filter's
+    # own key: travels with the segment between processes, never written out.
+    _prepared: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @staticmethod
     def make_id(text: str) -> str:

@@ -186,28 +186,44 @@ def exact_dedup(normalize: bool = True) -> Check:
 
 def minhash(threshold: float = 0.8, num_perm: int = 128, shingle: int = 5) -> Check:
     """Drop near-duplicates: MinHash of word ``shingle``-grams in a datasketch LSH index;
-    a segment whose estimated Jaccard similarity to a kept one is >= ``threshold`` goes."""
+    a segment whose estimated Jaccard similarity to a kept one is >= ``threshold`` goes.
+
+    The signature depends on the segment alone, so ``check.prepare`` computes it in the
+    worker processes; the index lookup, which depends on every segment kept before, runs
+    in the main process."""
     from datasketch import MinHash, MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     # Building the permutations is most of MinHash()'s cost: do it once per run.
     template = MinHash(num_perm=num_perm, scheme="affine32")
     permutations = template.permutations
+    key = f"minhash/{num_perm}/{shingle}"
     counter = 0
 
-    def check(segment: Segment) -> str | None:
-        nonlocal counter
+    def signature(segment: Segment) -> Any:
         words = _WORDS.findall(segment.text.lower())
         n = min(shingle, max(len(words), 1))
         shingles = {" ".join(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))}
         mh = MinHash(num_perm=num_perm, permutations=permutations, scheme="affine32")
         mh.update_batch([s.encode("utf-8") for s in shingles])
+        return mh.hashvalues
+
+    def prepare(segment: Segment) -> None:
+        segment._prepared[key] = signature(segment)
+
+    def check(segment: Segment) -> str | None:
+        nonlocal counter
+        values = segment._prepared.get(key)
+        if values is None:
+            values = signature(segment)
+        mh = MinHash(permutations=permutations, hashvalues=values, scheme="affine32")
         if lsh.query(mh):
             return "near_duplicate"
         counter += 1
         lsh.insert(str(counter), mh)
         return None
 
+    check.prepare = prepare  # type: ignore[attr-defined]
     return check
 
 
@@ -241,6 +257,11 @@ def english(
 
     return check
 
+
+# These decide on the segment alone, so they run in the worker processes; the dedup
+# filters keep an index of what was kept and run in the main process, in input order.
+for _factory in (length, header_empty_or_upper, header_caps_ratio, nav_header, repetitive, english):
+    _factory.stateless = True  # type: ignore[attr-defined]
 
 BUILTIN_FILTERS: dict[str, Callable[..., Check]] = {
     "length": length,

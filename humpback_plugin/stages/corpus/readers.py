@@ -22,6 +22,17 @@ from humpback_plugin.core.errors import InputError, UnknownComponent
 from humpback_plugin.core.hf import HF_PREFIX, load_hf_dataset
 from humpback_plugin.core.jsonl_io import iter_json_records
 from humpback_plugin.core.records import Document
+from humpback_plugin.stages.corpus.warc import WarcRecord, iter_warc, split_http
+
+SUPPORTED_FORMATS = (
+    "WARC/WET (.warc, .wet, .arc[.gz]), HTML (.html, .htm[.gz]), JSONL/JSON (.jsonl, .json"
+    "[.gz]), text (.txt, .md[.gz]), MediaWiki XML dumps (.xml[.bz2]), parquet, hf:NAME"
+)
+
+
+class UnrecognisedFormat(InputError):
+    """A file no reader handles, or whose content is not the format its name says: the
+    run stops (never an empty output), naming the file and the supported formats."""
 
 
 def _name(path: str) -> str:
@@ -90,9 +101,12 @@ def _read_maybe_gzip(path: str) -> bytes:
 class WarcReader:
     """WARC response records with HTML (``.warc[.gz]``) and WET conversion records.
 
-    A malformed record is reported with its byte offset; reading resumes at the next
-    record boundary (next gzip member, or next ``WARC/`` line in an uncompressed file).
-    Request, metadata, warcinfo and non-HTML responses are skipped (counted as skipped).
+    Read with :func:`.warc.iter_warc`, which survives malformed records: a record whose
+    Content-Length lies is cut at the next ``WARC/`` version line, junk between records and
+    corrupt gzip members are skipped, and each problem is reported with its byte offset.
+    Any WARC version is read (``WARC/0.18`` of ClueWeb09 as well as 1.0 and 1.1); ARC files
+    go through warcio. Request, metadata, warcinfo and revisit records are skipped;
+    responses that are not HTML or not 2xx are skipped and counted.
     """
 
     name = "warc"
@@ -102,83 +116,90 @@ class WarcReader:
         return name.endswith((".warc", ".wet", ".arc")) and ".wat" not in name
 
     def read(self, path: str, options: dict[str, Any]) -> Iterator[Document]:
-        from warcio.archiveiterator import ArchiveIterator
-        from warcio.exceptions import ArchiveLoadFailed
-
         on_skip = options.get("on_skip", lambda source, why: None)
+
+        def on_problem(where: str, message: str) -> None:
+            _report(options, path, where, f"malformed WARC record: {message}")
+
         with open(path, "rb") as fh:
             gzipped = fh.read(2) == b"\x1f\x8b"
-            pos: int | None = 0
-            while pos is not None:
-                fh.seek(pos)
-                it = ArchiveIterator(fh)
-                try:
-                    for record in it:
-                        doc = self._document(path, it.offset, record, on_skip)
-                        if doc is not None:
-                            yield doc
-                    return
-                except (ArchiveLoadFailed, EOFError, OSError, ValueError, zlib.error) as exc:
-                    bad_at = it.offset
-                    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    _report(
-                        options, path, f"byte {bad_at}", f"malformed WARC record: {message}"[:300]
-                    )
-                    pos = _next_boundary(fh, bad_at + 1, gzipped)
+            fh.seek(0)
+            if _name(path).removesuffix(".gz").endswith(".arc") and not _starts_warc(fh, gzipped):
+                yield from _read_arc(path, fh, on_skip)
+                return
+            for record in iter_warc(fh, gzipped, on_problem):
+                doc = _warc_document(path, record, on_skip)
+                if doc is not None:
+                    yield doc
 
-    @staticmethod
-    def _document(path: str, offset: int, record: Any, on_skip: Any) -> Document | None:
-        rec_type = record.rec_type
-        url = record.rec_headers.get_header("WARC-Target-URI")
-        meta = {
-            "warc_record_id": record.rec_headers.get_header("WARC-Record-ID"),
-            "warc_date": record.rec_headers.get_header("WARC-Date"),
-        }
-        if rec_type == "conversion":  # WET: text already extracted
-            text = record.content_stream().read().decode("utf-8", errors="replace")
-            return Document(source=path, offset=offset, url=url, text=text, meta=meta)
-        if rec_type != "response":
-            return None
+
+def _starts_warc(fh: Any, gzipped: bool) -> bool:
+    head = fh.read(4096)
+    fh.seek(0)
+    if gzipped:
+        try:
+            head = zlib.decompressobj(31).decompress(head)
+        except zlib.error:
+            return False
+    return head.lstrip().startswith(b"WARC/")
+
+
+def _warc_document(path: str, record: WarcRecord, on_skip: Any) -> Document | None:
+    url = record.headers.get("warc-target-uri", "").strip("<>") or None
+    meta: dict[str, Any] = {
+        "warc_record_id": record.headers.get("warc-record-id"),
+        "warc_date": record.headers.get("warc-date"),
+    }
+    if record.type == "conversion":  # WET: text already extracted
+        text = record.block.decode("utf-8", errors="replace")
+        return Document(source=path, offset=record.offset, url=url, text=text, meta=meta)
+    if record.type != "response":
+        return None
+    status, http_headers, body = split_http(record.block)
+    content_type = http_headers.get("content-type", "")
+    if status is not None and not 200 <= status < 300:
+        on_skip(path, f"HTTP status {status}")
+        return None
+    if content_type and "html" not in content_type.lower():
+        on_skip(path, "not HTML")
+        return None
+    html = decode_html(body, _charset(content_type))
+    meta["content_type"] = content_type
+    return Document(source=path, offset=record.offset, url=url, html=html, meta=meta)
+
+
+def _read_arc(path: str, fh: Any, on_skip: Any) -> Iterator[Document]:
+    """ARC files (the format before WARC), through warcio."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    it = ArchiveIterator(fh, arc2warc=True)
+    for record in it:
+        if record.rec_type != "response":
+            continue
+        block = record.content_stream().read()
         content_type = ""
         if record.http_headers is not None:
             content_type = record.http_headers.get_header("Content-Type") or ""
             status = record.http_headers.get_statuscode()
             if status and not str(status).startswith("2"):
                 on_skip(path, f"HTTP status {status}")
-                return None
+                continue
         if content_type and "html" not in content_type.lower():
             on_skip(path, "not HTML")
-            return None
-        data = record.content_stream().read()
-        html = decode_html(data, _charset(content_type))
-        meta["content_type"] = content_type
-        return Document(source=path, offset=offset, url=url, html=html, meta=meta)
-
-
-def _next_boundary(fh: Any, start: int, gzipped: bool) -> int | None:
-    """The offset of the next possible record start after ``start``, or None at the end."""
-    magic = b"\x1f\x8b\x08" if gzipped else b"\nWARC/"
-    chunk_size = 1 << 20
-    fh.seek(start)
-    pos = start
-    tail = b""
-    while True:
-        chunk = fh.read(chunk_size)
-        if not chunk:
-            return None
-        data = tail + chunk
-        found = data.find(magic)
-        if found >= 0:
-            at = pos - len(tail) + found
-            return at if gzipped else at + 1
-        tail = data[-(len(magic) - 1) :]
-        pos += len(chunk)
+            continue
+        url = record.rec_headers.get_header("WARC-Target-URI")
+        html = decode_html(block, _charset(content_type))
+        yield Document(source=path, offset=it.offset, url=url, html=html, meta={})
 
 
 class HtmlReader:
-    """One web page per ``.html``/``.htm`` file, gzipped or not."""
+    """One web page per ``.html``/``.htm`` file, gzipped or not.
+
+    ``per_file``: the workers read the file themselves, so the main process neither
+    reads nor sends it (a reader of one or a few documents per file may say so)."""
 
     name = "html"
+    per_file = True
 
     def matches(self, path: str) -> bool:
         return _name(path).removesuffix(".gz").endswith((".html", ".htm", ".xhtml"))
@@ -385,9 +406,8 @@ def reader_for(path: str, readers: dict[str, Any], forced: str | None = None) ->
     for reader in readers.values():
         if reader.matches(path):
             return reader
-    raise InputError(
+    raise UnrecognisedFormat(
         path,
         None,
-        "no reader for this file type (WARC/WET, HTML, JSONL/JSON, text, parquet); "
-        "force one with --reader",
+        f"no reader for this file type; supported: {SUPPORTED_FORMATS}; force one with --reader",
     )

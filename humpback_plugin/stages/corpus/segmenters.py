@@ -1,10 +1,20 @@
 """Segmenters: split a document into header-delimited segments, as in the paper.
 
 A segment is a header plus the text that follows it up to the next header of the same or
-a higher level, so an h2 segment contains its h3 children's text (v3 appendix). HTML is
-parsed with lxml after removing boilerplate (scripts, navigation, footers, sidebars,
-cookie banners...). Plain text (WET, JSONL) is split on markdown headers, else on short
-title lines, else its paragraphs are grouped to the length window.
+a higher level, so an h2 segment contains its h3 children's text (v3 appendix). HTML first
+goes through a main-content extractor (:mod:`.extractors`, passed as ``options["extract"]``)
+that returns the page as header and text blocks. Plain text (WET, JSONL) is split on
+markdown headers, else on short title lines, else its paragraphs are grouped to the length
+window.
+
+Nested sections overlap: an h2 segment holds its h3 children, each of which is a segment
+too. Every segment says which one encloses it (``meta["parent"]``, the enclosing segment's
+``position``), so the corpus stage can keep one of them (``corpus.overlap``). With
+``options["split_long"]``, text that would otherwise be lost when a section is too long to
+keep also gets segments, each a child of its section and with the section's header: the
+section's *lead* (the text before its first sub-header, ``meta["lead"]``) when it has
+sub-sections, and, when that text is itself longer than ``max_chars``, its *parts*
+(paragraphs grouped into pieces of about equal size under ``max_chars``, ``meta["part"]``).
 """
 
 from __future__ import annotations
@@ -15,227 +25,11 @@ from typing import Any
 
 from humpback_plugin.core.config import SEGMENT_MAX_CHARS
 from humpback_plugin.core.records import Document, Segment
-
-HEADING_LEVELS = {f"h{i}": i for i in range(1, 7)}
-
-# Never content: dropped with their subtree (their tail text is kept).
-DROP_TAGS = (
-    "script",
-    "style",
-    "noscript",
-    "template",
-    "svg",
-    "math",
-    "iframe",
-    "object",
-    "embed",
-    "canvas",
-    "video",
-    "audio",
-    "map",
-    "nav",
-    "footer",
-    "aside",
-    "form",
-    "button",
-    "select",
-    "textarea",
-    "input",
-    "label",
-    "dialog",
-    "menu",
-)
-
-# Elements that start a new line of text.
-BLOCK_TAGS = frozenset(
-    [
-        "p",
-        "div",
-        "li",
-        "ul",
-        "ol",
-        "dl",
-        "dt",
-        "dd",
-        "table",
-        "thead",
-        "tbody",
-        "tfoot",
-        "tr",
-        "td",
-        "th",
-        "caption",
-        "section",
-        "article",
-        "main",
-        "blockquote",
-        "pre",
-        "figure",
-        "figcaption",
-        "hr",
-        "address",
-        "header",
-        "details",
-        "summary",
-        "center",
-        "body",
-    ]
-)
-LIST_TAGS = frozenset({"li", "dt", "dd", "tr", "td", "th"})
-
-# class/id words that mark page furniture rather than the article.
-BOILERPLATE_WORDS = frozenset(
-    [
-        "nav",
-        "navbar",
-        "navigation",
-        "menu",
-        "footer",
-        "sidebar",
-        "breadcrumb",
-        "breadcrumbs",
-        "comment",
-        "comments",
-        "share",
-        "sharing",
-        "social",
-        "advert",
-        "advertisement",
-        "ads",
-        "ad",
-        "adsense",
-        "sponsored",
-        "promo",
-        "promotion",
-        "cookie",
-        "cookies",
-        "consent",
-        "gdpr",
-        "related",
-        "recommended",
-        "newsletter",
-        "subscribe",
-        "subscription",
-        "signup",
-        "popup",
-        "modal",
-        "banner",
-        "masthead",
-        "toolbar",
-        "pagination",
-        "pager",
-        "tags",
-        "widget",
-        "outbrain",
-        "taboola",
-        "disqus",
-    ]
-)
-BOILERPLATE_ROLES = frozenset({"navigation", "banner", "contentinfo", "complementary", "search"})
-_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+from humpback_plugin.stages.corpus.extractors import LIST_TAGS, Block, lxml_extract
+from humpback_plugin.stages.corpus.mediawiki import wikitext_to_markdown
 
 
-def _is_boilerplate(el: Any) -> bool:
-    role = (el.get("role") or "").lower()
-    if role in BOILERPLATE_ROLES:
-        return True
-    if el.get("hidden") is not None or (el.get("aria-hidden") or "").lower() == "true":
-        return True
-    style = (el.get("style") or "").replace(" ", "").lower()
-    if "display:none" in style or "visibility:hidden" in style:
-        return True
-    names = f"{el.get('class') or ''} {el.get('id') or ''}".lower()
-    if not names.strip():
-        return False
-    return not BOILERPLATE_WORDS.isdisjoint(_WORD_SPLIT.split(names))
-
-
-def clean_html_tree(root: Any) -> Any:
-    """Remove boilerplate from an lxml tree in place; returns the body (or root)."""
-    for el in list(root.iter(*DROP_TAGS)):
-        if el.getparent() is not None:
-            el.drop_tree()
-    candidates = [
-        el
-        for el in root.iter()
-        if isinstance(el.tag, str)
-        and el.tag not in ("html", "body", "main", "article")
-        and _is_boilerplate(el)
-    ]
-    for el in candidates:
-        # A wrapper that holds the article (class="page with-sidebar") is not furniture.
-        if el.getparent() is None or el.find(".//article") is not None:
-            continue
-        if el.find(".//main") is not None or el.find(".//h1") is not None:
-            continue
-        el.drop_tree()
-    body = root.find("body")
-    return body if body is not None else root
-
-
-def _collapse(text: str) -> str:
-    lines = (" ".join(line.split()) for line in text.split("\n"))
-    return "\n".join(line for line in lines if line)
-
-
-def html_blocks(html: str) -> list[tuple[int, str, str]]:
-    """The page as ``(level, text, tag)`` blocks in reading order; level 1-6 for headers,
-    0 for text."""
-    import lxml.html
-    from lxml import etree
-
-    html = html.lstrip()
-    if html.startswith("<?xml"):
-        # lxml refuses str input that declares its own encoding.
-        html = html[html.find("?>") + 2 :]
-    if not html.strip():
-        return []
-    try:
-        root = lxml.html.document_fromstring(html)
-    except (etree.ParserError, ValueError):
-        return []
-    body = clean_html_tree(root)
-    blocks: list[tuple[int, str, str]] = []
-    buf: list[str] = []
-    current_tag = ["p"]
-
-    def flush() -> None:
-        if buf:
-            text = _collapse("".join(buf))
-            buf.clear()
-            if text:
-                blocks.append((0, text, current_tag[0]))
-
-    def walk(el: Any) -> None:
-        tag = el.tag
-        if isinstance(tag, str):
-            level = HEADING_LEVELS.get(tag)
-            if level:
-                flush()
-                blocks.append((level, " ".join(el.text_content().split()), tag))
-            else:
-                block = tag in BLOCK_TAGS
-                if block:
-                    flush()
-                    current_tag[0] = tag
-                if tag == "br":
-                    buf.append("\n")
-                elif el.text:
-                    buf.append(el.text)
-                for child in el:
-                    walk(child)
-                if block:
-                    flush()
-                    current_tag[0] = tag
-        if el.tail:
-            buf.append(el.tail)
-
-    walk(body)
-    flush()
-    return blocks
-
-
-def _join(blocks: list[tuple[int, str, str]]) -> str:
+def _join(blocks: list[Block]) -> str:
     out: list[str] = []
     prev_tag = None
     for _level, text, tag in blocks:
@@ -246,20 +40,67 @@ def _join(blocks: list[tuple[int, str, str]]) -> str:
     return "".join(out)
 
 
-def header_sections(
-    blocks: list[tuple[int, str, str]],
-) -> Iterator[tuple[str, int, int, str]]:
-    """``(header, level, block_index, text)`` for each header: the text until the next
-    header of the same or a higher level, lower-level headers and their text included."""
+Section = tuple[str, int, str, "int | None", dict[str, Any]]
+
+
+def header_sections(blocks: list[Block], split_long: int | None = None) -> Iterator[Section]:
+    """``(header, level, text, parent, extra)`` for each header: the text until the next
+    header of the same or a higher level, lower-level headers and their text included.
+    ``parent`` is the index (in what this yields) of the enclosing section. With
+    ``split_long`` (a length in characters), a section is followed by its lead (``extra``
+    ``{"lead": True}``) when it has sub-sections, and by the parts of that text (``{"part":
+    k}``) when it is longer than ``split_long``."""
+    stack: list[tuple[int, int]] = []  # (level, index yielded) of the enclosing sections
+    count = 0
     for i, (level, header, _tag) in enumerate(blocks):
         if not level:
             continue
-        end = i + 1
+        end = first_child = i + 1
         while end < len(blocks) and not (0 < blocks[end][0] <= level):
             end += 1
+        while first_child < end and not blocks[first_child][0]:
+            first_child += 1
         text = _join(blocks[i + 1 : end])
-        if text:
-            yield header, level, i, text
+        if not text:
+            continue
+        while stack and stack[-1][0] >= level:
+            stack.pop()
+        yield header, level, text, stack[-1][1] if stack else None, {}
+        stack.append((level, count))
+        count += 1
+        if split_long is None or first_child == i + 1:
+            continue
+        own = blocks[i + 1 : first_child]
+        own_parent = stack[-1][1]
+        if first_child < end:
+            yield header, level, _join(own), own_parent, {"lead": True}
+            own_parent = count
+            count += 1
+        if sum(len(t) + 2 for _l, t, _t in own) > split_long:
+            for k, part in enumerate(balanced_groups(own, split_long)):
+                yield header, level, _join(part), own_parent, {"part": k}
+                count += 1
+
+
+def balanced_groups(blocks: list[Block], max_chars: int) -> list[list[Block]]:
+    """Consecutive text blocks in the fewest groups of about equal size, each joined
+    under ``max_chars`` (a block longer than that is cut at sentence ends first)."""
+    pieces = [(0, p, tag) for _l, text, tag in blocks for p in _pieces(text, max_chars)]
+    total = sum(len(p) + 2 for _l, p, _t in pieces)
+    for n_groups in range(max(1, -(-total // max_chars)), len(pieces) + 1):
+        target = total / n_groups
+        groups: list[list[Block]] = [[]]
+        size = 0
+        for piece in pieces:
+            grow = len(piece[1]) + 2
+            # Start a new group when this piece ends past the target by more than half.
+            if groups[-1] and size + grow / 2 > target * len(groups):
+                groups.append([])
+            groups[-1].append(piece)
+            size += grow
+        if all(len(_join(g)) <= max_chars for g in groups):
+            return groups
+    return [[piece] for piece in pieces]
 
 
 # --- plain text ----------------------------------------------------------------------------
@@ -277,11 +118,11 @@ def _is_title_line(line: str, following: str | None) -> bool:
     return len(following) >= max(120, 2 * len(line))
 
 
-def text_blocks(text: str) -> tuple[list[tuple[int, str, str]], bool]:
+def text_blocks(text: str) -> tuple[list[Block], bool]:
     """Blocks of a plain text and whether it has headers (markdown or title lines)."""
     lines = [line.strip() for line in text.splitlines()]
     if any(_MD_HEADER.match(line) for line in lines):
-        blocks: list[tuple[int, str, str]] = []
+        blocks: list[Block] = []
         para: list[str] = []
         for line in lines + [""]:
             match = _MD_HEADER.match(line)
@@ -363,21 +204,42 @@ def _segment(doc: Document, text: str, header: str | None, position: int, **meta
     )
 
 
+def _section_segments(
+    doc: Document, blocks: list[Block], options: dict[str, Any], name: str, start: int = 0
+) -> Iterator[Segment]:
+    split_long = None
+    if options.get("split_long"):
+        split_long = int(options.get("max_chars", SEGMENT_MAX_CHARS))
+    sections = header_sections(blocks, split_long)
+    for index, (header, level, text, parent, extra) in enumerate(sections):
+        yield _segment(
+            doc,
+            text,
+            header,
+            start + index,
+            header_level=level,
+            parent=None if parent is None else start + parent,
+            **extra,
+            segmenter=name,
+        )
+
+
 def html_headers(doc: Document, options: dict[str, Any]) -> Iterator[Segment]:
     """Header-delimited segments of an HTML page (a document with ``html``).
 
-    Options: ``no_header_fallback`` ("skip", the paper's definition, or "paragraphs" to
-    group a header-less page's text to the length window), ``max_chars`` (for the
-    fallback). A document with only ``text`` goes to :func:`text_headers`.
+    Options: ``extract`` (the main-content extractor, default the lxml path),
+    ``no_header_fallback`` ("skip", the paper's definition, or "paragraphs" to group a
+    header-less page's text to the length window), ``max_chars`` (for the fallback),
+    ``split_long``. A document with only ``text`` goes to :func:`text_headers`.
     """
     if not doc.html:
         yield from text_headers(doc, options)
         return
-    blocks = html_blocks(doc.html)
+    blocks = options.get("extract", lxml_extract)(doc.html, options)
     found = False
-    for position, (header, level, _i, text) in enumerate(header_sections(blocks)):
+    for segment in _section_segments(doc, blocks, options, "html_headers"):
         found = True
-        yield _segment(doc, text, header, position, header_level=level, segmenter="html_headers")
+        yield segment
     if not found and options.get("no_header_fallback") == "paragraphs":
         paragraphs = [text for level, text, _tag in blocks if not level]
         chunks = group_paragraphs(paragraphs, int(options.get("max_chars", SEGMENT_MAX_CHARS)))
@@ -388,8 +250,12 @@ def html_headers(doc: Document, options: dict[str, Any]) -> Iterator[Segment]:
 def text_headers(doc: Document, options: dict[str, Any]) -> Iterator[Segment]:
     """Segments of plain text: header sections where there are markdown headers or title
     lines (text before the first header is grouped as paragraphs), else paragraphs grouped
-    to ``max_chars`` (default 3,000, the paper's upper length)."""
+    to ``max_chars`` (default 3,000, the paper's upper length). MediaWiki wikitext
+    (``meta["markup"] == "wikitext"``) is turned into text with its sections as headers
+    first."""
     text = doc.text or ""
+    if doc.meta.get("markup") == "wikitext":
+        text = wikitext_to_markdown(text, doc.meta.get("title"))
     max_chars = int(options.get("max_chars", SEGMENT_MAX_CHARS))
     blocks, has_headers = text_blocks(text)
     position = 0
@@ -399,11 +265,7 @@ def text_headers(doc: Document, options: dict[str, Any]) -> Iterator[Segment]:
         yield _segment(doc, chunk, None, position, segmenter="text_paragraphs")
         position += 1
     if has_headers:
-        for header, level, _i, section in header_sections(blocks):
-            yield _segment(
-                doc, section, header, position, header_level=level, segmenter="text_headers"
-            )
-            position += 1
+        yield from _section_segments(doc, blocks, options, "text_headers", start=position)
 
 
 BUILTIN_SEGMENTERS = {"html_headers": html_headers, "text_headers": text_headers}
