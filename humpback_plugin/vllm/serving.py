@@ -23,16 +23,21 @@ class EmbeddedServing:
         self.handle = None
         self._key: tuple | None = None
 
-    def ensure(self, role: str, adapters: dict[str, Path], trained: Path) -> tuple[list[str], str]:
-        """Start (or restart) the server so it serves ``role``; returns (urls, model name)."""
+    def ensure(
+        self, role: str, adapters: dict[str, Path], trained: Path | None
+    ) -> tuple[list[str], str]:
+        """Start (or restart) the server so it serves ``role``; returns (urls, model name).
+
+        ``trained=None`` asks for the base model itself (the evaluation's judge), served
+        beside the adapters under its own name."""
         full_model = None
-        if role not in adapters:
+        if trained is not None and role not in adapters:
             if not (trained / "config.json").exists():
                 raise ServerError(f"no trained model for {role} at {trained}")
             full_model = trained
         key = (str(full_model), tuple(sorted((n, str(p)) for n, p in adapters.items())))
         if self.handle is not None and key == self._key:
-            return [self.handle.base_url], role
+            return [self.handle.base_url], role if trained is not None else self.handle.model
         self.close()
         # A run killed earlier may have left its server up (it lives in its own session so
         # that Ctrl-C reaches us first); it is this run's to replace.
@@ -51,7 +56,7 @@ class EmbeddedServing:
             **kwargs,
         )
         self._key = key
-        return [self.handle.base_url], role
+        return [self.handle.base_url], role if trained is not None else self.handle.model
 
     def close(self) -> None:
         if self.handle is None:
