@@ -3,6 +3,7 @@
 #   .venv            the project (editable) with its dev, report and parquet extras
 #   .venv-axolotl    Axolotl 0.19 on CPU torch, with the project installed into it, as a
 #                    user would have it (Axolotl pins transformers, pydantic, ... exactly)
+#   .venv-eval       lm-evaluation-harness and alpaca_eval for `humpback eval` (no torch)
 #   $HUMPBACK_HOME   the embedded vLLM server's own venv and the converted demo model
 #   chromium         for the report's real-browser test (Debian package; root only)
 # Re-running skips what is done (a stamp per step, keyed by the files it depends on).
@@ -17,11 +18,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 want_server=1
 want_axolotl=1
+want_eval=1
 want_browser=0
 for arg in "$@"; do
   case "$arg" in
     --no-server) want_server=0 ;;
     --no-axolotl) want_axolotl=0 ;;
+    --no-eval) want_eval=0 ;;
     --browser) want_browser=1 ;;
   esac
 done
@@ -50,6 +53,14 @@ if [ "$want_axolotl" = 1 ] && ! stamp_ok .venv-axolotl/.humpback-setup "$axo_has
   quiet_pip bash scripts/setup_axolotl_env.sh .venv-axolotl
   echo "$axo_hash" > .venv-axolotl/.humpback-setup
   say ".venv-axolotl ready"
+fi
+
+eval_hash=$(cat pyproject.toml scripts/setup_eval_env.sh | sha256sum | cut -c1-16)
+if [ "$want_eval" = 1 ] && ! stamp_ok .venv-eval/.humpback-setup "$eval_hash"; then
+  say "creating .venv-eval (lm-evaluation-harness 0.4.13 + alpaca_eval 0.6.6, no torch)"
+  quiet_pip bash scripts/setup_eval_env.sh .venv-eval
+  echo "$eval_hash" > .venv-eval/.humpback-setup
+  say ".venv-eval ready"
 fi
 
 if [ "$want_server" = 1 ]; then

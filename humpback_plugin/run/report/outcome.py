@@ -56,13 +56,16 @@ def _pct(value: Any) -> str:
 
 
 def funnel_rows(data: RunData) -> list[list[Any]]:
-    """(step, count, share of the step before) from the manifest's statistics."""
+    """(step, count, share kept) from the manifest's statistics. A(k) is a share of all
+    candidates: every iteration's judge rates the same candidate pool."""
     seg = data.stats("segments")
     kept = seg.get("kept", data.records_in(data.layout.segments))
-    steps: list[tuple[str, Any]] = [
-        ("documents read", seg.get("documents")),
-        ("segments kept (the paper's filters)", kept),
-        ("candidate pairs (instruction filters passed)", data.stats("augment").get("accepted")),
+    candidates = data.stats("augment").get("accepted")
+    steps: list[tuple[str, Any, Any]] = [
+        ("documents read", seg.get("documents"), None),
+        ("segments found (text under a header)", seg.get("segments"), None),
+        ("segments kept (the paper's filters)", kept, seg.get("segments")),
+        ("candidate pairs (instruction filters passed)", candidates, kept),
     ]
     for k in sorted(data.iterations):
         stats = data.stats(f"curate_{k}")
@@ -72,13 +75,12 @@ def funnel_rows(data: RunData) -> list[list[Any]]:
         judge = data.stage(f"curate_{k}").get("model") or f"M{k - 1}"
         threshold = stats.get("threshold")
         cut = f", score ≥ {threshold:g}" if isinstance(threshold, int | float) else ""
-        steps.append((f"A({k}): selected by {judge}{cut}", selected))
-    rows, previous = [], None
-    for label, count in steps:
+        steps.append((f"A({k}): selected by {judge}{cut}", selected, candidates))
+    rows = []
+    for label, count, of in steps:
         count = as_int(count) if count is not None else None
-        share = f"{count / previous:.1%}" if count is not None and previous else "—"
+        share = f"{count / as_int(of):.1%}" if count is not None and of else "—"
         rows.append([label, count, share])
-        previous = count if count is not None else previous
     return rows
 
 
@@ -254,7 +256,7 @@ def outcome_sections(data: RunData, evaluation: EvalData) -> list[Section]:
     funnel = Table(
         "funnel",
         "",
-        ["step", "count", "share of the step before"],
+        ["step", "count", "kept of the input"],
         funnel_rows(data),
         frozenset({1, 2}),
     )

@@ -3,7 +3,9 @@
 ``alpaca_eval evaluate`` (0.6.6) reads an annotator config (prompt, decoding, parser) and
 an OpenAI client config; :func:`write_configs` writes both next to our own comparison so
 that AlpacaEval's weighted judge ("m" or "M" at one token, its probability from
-``top_logprobs``) asks the local judge instead of OpenAI. The judge prompt is ours (in
+``top_logprobs``) asks the local judge instead of OpenAI; the token is constrained to the
+two labels with vLLM's ``structured_outputs`` (alpaca_eval drops a pair whose token is
+neither, silently: measured with SmolLM2, 2 of 3 pairs without the constraint). The judge prompt is ours (in
 ``alpaca_eval``'s ChatML template format), the order of the two outputs is randomised by
 alpaca_eval itself. The API key goes to the process as ``OPENAI_API_KEY``, never into a file.
 
@@ -72,6 +74,8 @@ def annotator_config(judge_model: str) -> dict[str, Any]:
                 "logprobs": True,
                 "top_logprobs": 5,
                 "requires_chatml": True,
+                # vLLM: the token must be m or M, so no pair is dropped for lack of one.
+                "extra_body": {"structured_outputs": {"choice": ["m", "M"]}},
             },
             "fn_completion_parser": "logprob_parser",
             "completion_parser_kwargs": {

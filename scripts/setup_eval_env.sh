@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Build the evaluation tools' environment beside the core .venv: lm-evaluation-harness
+# (`humpback eval lm-eval`) and alpaca_eval (`humpback eval compare --alpaca-eval`), with
+# this project installed into it (its `lm-eval` and `alpaca-eval` extras pin both).
+#
+#   scripts/setup_eval_env.sh [VENV_DIR]      (default: .venv-eval)
+#
+# No torch: lm-eval's API models and alpaca_eval's OpenAI client only need the tokenizer
+# (transformers without torch) and the HTTP clients. The Makefile puts VENV_DIR/bin on PATH,
+# where `humpback eval` finds lm_eval and alpaca_eval (or set $HUMPBACK_LM_EVAL_BIN and
+# $HUMPBACK_ALPACA_EVAL_BIN).
+# Measured on 2 CPU cores (busy machine), 2026-11-30: about 2 minutes with a cold pip cache,
+# 0.8 GB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${1:-.venv-eval}"
+PYTHON="${PYTHON:-python3.11}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --upgrade "pip>=24,<27"
+"$VENV/bin/pip" install --quiet -e ".[lm-eval,alpaca-eval]"
+if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    echo "torch found in $VENV: nothing here should pull it" >&2
+    exit 1
+fi
+"$VENV/bin/lm_eval" --help >/dev/null
+"$VENV/bin/alpaca_eval" --help >/dev/null 2>&1 || true
+echo "Evaluation tools ready: $VENV/bin/lm_eval, $VENV/bin/alpaca_eval"
