@@ -220,7 +220,11 @@ class Pipeline:
             urls = self.config.eval.judge_base_urls if judge else []
             return urls or serving.base_urls, model
         if self._serving is None:
-            self._serving = EmbeddedServing(self.paths.server_state, port=serving.embedded_port)
+            self._serving = EmbeddedServing(
+                self.paths.server_state,
+                port=serving.embedded_port,
+                max_adapters=self.config.iterations + 2,  # backward, m0 ... mN
+            )
         adapters = {
             r: self.paths.trained(r)
             for r in self._trained_roles()

@@ -5,9 +5,10 @@ an OpenAI client config; :func:`write_configs` writes both next to our own compa
 that AlpacaEval's weighted judge ("m" or "M" at one token, its probability from
 ``top_logprobs``) asks the local judge instead of OpenAI; the token is constrained to the
 two labels with vLLM's ``structured_outputs`` (alpaca_eval drops a pair whose token is
-neither, silently: measured with SmolLM2, 2 of 3 pairs without the constraint). The judge prompt is ours (in
-``alpaca_eval``'s ChatML template format), the order of the two outputs is randomised by
-alpaca_eval itself. The API key goes to the process as ``OPENAI_API_KEY``, never into a file.
+neither, silently: measured with SmolLM2, 2 of 3 pairs without the constraint). The judge
+prompt is ours (in ``alpaca_eval``'s ChatML template format); alpaca_eval itself randomises
+the order of the two outputs. The API key goes to the process as ``OPENAI_API_KEY``, never
+into a file.
 
 :func:`command` is the exact command line (printed when the package is absent);
 :func:`run_alpaca_eval` runs it when ``alpaca_eval`` is installed (``$HUMPBACK_ALPACA_EVAL_BIN``,
