@@ -310,6 +310,17 @@ def test_a_judge_that_is_down_or_does_not_serve_the_model_is_named(tmp_path):
     assert not (tmp_path / "cmp2" / "summary.json").exists()
 
 
+def test_outputs_of_another_instruction_set_are_refused(tmp_path):
+    model, _ = _pair_files(tmp_path, n=2)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"instruction": "unrelated", "output": "x"}]))
+    result = CliRunner().invoke(cli, ["eval", "compare", str(model), str(other), "-o",
+                                      str(tmp_path / "cmp"), "--base-url", "http://127.0.0.1:9/v1",
+                                      "--model", "judge"])  # fmt: skip
+    assert result.exit_code == 1 and "none of its instructions is in" in result.output
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_ablation_system_texts_reach_the_server(tmp_path):
     instructions = write_set(tmp_path / "set.json", 2)
     seen = {}

@@ -26,6 +26,7 @@ from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import EvalCompareConfig
+from humpback_plugin.core.errors import InputError
 from humpback_plugin.core.hashing import content_hash
 from humpback_plugin.core.jsonl_io import write_json_atomic, write_jsonl_atomic
 from humpback_plugin.core.runner import run_model_stage
@@ -178,6 +179,10 @@ async def compare_async(
     model_name = model_name or generator_of(model_items, Path(model_path).parent.name)
     baseline_name = baseline_name or generator_of(baseline_items, Path(baseline_path).stem)
     pairing = pair_outputs(model_items, baseline_items)
+    if not pairing.pairs:
+        raise InputError(
+            model_path, None, f"none of its instructions is in {baseline_path} (matched by text)"
+        )
     context = judge_context(settings)
     verdicts_path = output_dir / VERDICTS_NAME
     work = Path(work_dir) if work_dir else Path(f"{verdicts_path}.parts")
