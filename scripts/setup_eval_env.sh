@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the evaluation tools' environment beside the core .venv: lm-evaluation-harness
-# (`humpback eval lm-eval`) and alpaca_eval (`humpback eval compare --alpaca-eval`), with
-# this project installed into it (its `lm-eval` and `alpaca-eval` extras pin both).
+# (`humpback eval lm-eval`) and alpaca_eval (`humpback eval compare --alpaca-eval`), pinned
+# by this project's `lm-eval` and `alpaca-eval` extras (read from pyproject.toml). The
+# project itself is not installed here: `humpback` runs these tools as commands, and
+# setup.sh builds this venv while another pip installs the project elsewhere.
 #
 #   scripts/setup_eval_env.sh [VENV_DIR]      (default: .venv-eval)
 #
@@ -20,7 +22,12 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --upgrade "pip>=24,<27"
-"$VENV/bin/pip" install --quiet -e ".[lm-eval,alpaca-eval]"
+"$PYTHON" - <<'PY' > "$VENV/requirements-eval.txt"
+import tomllib
+extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
+print("\n".join(extras["lm-eval"] + extras["alpaca-eval"]))
+PY
+"$VENV/bin/pip" install --quiet -r "$VENV/requirements-eval.txt"
 if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "torch found in $VENV: nothing here should pull it" >&2
     exit 1
