@@ -11,8 +11,9 @@
 # (transformers without torch) and the HTTP clients. The Makefile puts VENV_DIR/bin on PATH,
 # where `humpback eval` finds lm_eval and alpaca_eval (or set $HUMPBACK_LM_EVAL_BIN and
 # $HUMPBACK_ALPACA_EVAL_BIN).
-# Measured on 2 CPU cores (busy machine), 2026-11-30: about 2 minutes with a cold pip cache,
-# 0.8 GB.
+# Measured on the 2-core development machine, 2026-11-30, warm pip cache: 88 CPU seconds
+# (pip is one core: about 1.5 minutes on a quiet machine; 15 minutes of wall time at load 15),
+# 0.96 GB. setup.sh runs it beside the Axolotl install, so it adds little wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv-eval}"
