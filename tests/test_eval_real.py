@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EVAL_BIN = ROOT / ".venv-eval" / "bin"  # built by scripts/setup.sh
 
 
-def _tool(env: str, name: str) -> None:
+def _tool(monkeypatch: pytest.MonkeyPatch, env: str, name: str) -> None:
     """Point the tool's variable at .venv-eval when it is not on PATH; skip or fail."""
     if os.environ.get(env) or any(Path(d, name).exists() for d in os.environ["PATH"].split(":")):
         return
     if (EVAL_BIN / name).exists():
-        os.environ[env] = str(EVAL_BIN / name)
+        monkeypatch.setenv(env, str(EVAL_BIN / name))
         return
     if os.environ.get("HUMPBACK_REQUIRE_REAL"):
         pytest.fail(f"{name} not found (scripts/setup.sh builds .venv-eval)", pytrace=False)
@@ -105,8 +105,8 @@ def test_parsed_mode_on_the_real_judge_loses_no_pair(judge, answers, tmp_path, s
     assert summary["judged"] + summary["failed"] == 3
 
 
-def test_lm_eval_on_local_task_files(judge, tmp_path, shared_data):
-    _tool(lm_eval.BIN_ENV, "lm_eval")
+def test_lm_eval_on_local_task_files(judge, tmp_path, shared_data, monkeypatch):
+    _tool(monkeypatch, lm_eval.BIN_ENV, "lm_eval")
     folder = shared_data / "eval/commonsense"
     settings = LmEvalConfig(
         tasks={
@@ -133,8 +133,10 @@ def test_lm_eval_on_local_task_files(judge, tmp_path, shared_data):
     assert list((tmp_path / "lm" / "cache").glob("requests*.db")), "the request cache"
 
 
-def test_lm_eval_refuses_a_model_the_server_does_not_serve(judge, tmp_path, shared_data):
-    _tool(lm_eval.BIN_ENV, "lm_eval")
+def test_lm_eval_refuses_a_model_the_server_does_not_serve(
+    judge, tmp_path, shared_data, monkeypatch
+):
+    _tool(monkeypatch, lm_eval.BIN_ENV, "lm_eval")
     wrong = judge.model_copy(update={"model": "m7-typo", "max_retries": 0})
     settings = LmEvalConfig(tasks={"obqa": str(shared_data / "eval/commonsense/openbook_qa.jsonl")})
     with pytest.raises(Exception, match="model 'm7-typo' is not served"):
@@ -143,8 +145,10 @@ def test_lm_eval_refuses_a_model_the_server_does_not_serve(judge, tmp_path, shar
     assert not (tmp_path / "lm" / "summary.json").exists()
 
 
-def test_alpaca_eval_judges_the_same_files_with_the_local_judge(judge, answers, tmp_path):
-    _tool(alpaca_eval.BIN_ENV, "alpaca_eval")
+def test_alpaca_eval_judges_the_same_files_with_the_local_judge(
+    judge, answers, tmp_path, monkeypatch
+):
+    _tool(monkeypatch, alpaca_eval.BIN_ENV, "alpaca_eval")
     reference = tmp_path / "reference.json"
     rows = json.loads(answers.read_text())
     reference.write_text(json.dumps(
