@@ -7,9 +7,9 @@ main system condition, and the last model also under each condition of the tag a
 multiple-choice accuracy of every model. Each step calls the same library function as its
 ``humpback eval`` subcommand, with the run config's ``eval`` section.
 
-The jobs of a step run concurrently (one server batches them all); on the embedded vLLM
-one server holds every adapter and the base model (the judge), so nothing restarts
-between models.
+The answers of one model (all its system conditions) and all the comparisons (one judge)
+run concurrently, so the server batches them; on the embedded vLLM one server holds every
+adapter and the base model (the judge), so nothing restarts between models.
 """
 
 from __future__ import annotations
@@ -133,9 +133,16 @@ def step_generate(run: RunContext) -> None:
         )
 
     run.log(f"  answering {cfg.instructions} with {', '.join(n for n, _, _ in jobs)}")
-    summaries = _gather([job(*spec) for spec in jobs])
+    # One model at a time (its conditions together): a batch then holds one adapter, the
+    # path the CPU server is known to handle well; a GPU server is busy either way.
+    by_name: dict[str, dict[str, Any]] = {}
+    for role in dict.fromkeys(role for _, role, _ in jobs):
+        mine = [spec for spec in jobs if spec[1] == role]
+        names = [name for name, _, _ in mine]
+        by_name.update(zip(names, _gather([job(*spec) for spec in mine]), strict=True))
     stats = {}
-    for (name, _, _), summary in zip(jobs, summaries, strict=True):
+    for name, _, _ in jobs:
+        summary = by_name[name]
         run.log(
             f"  {name}: {summary['answered']} answers, {summary['missing']} missing, "
             f"{summary['truncated']} cut at max_tokens, {summary['elapsed_s']:.0f}s"
