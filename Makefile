@@ -7,7 +7,8 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE := disabled
 export OMP_NUM_THREADS ?= 2
-export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.venv-axolotl/bin:$(PATH)
+# .venv-eval last: its lm_eval and alpaca_eval, never its python or humpback.
+export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.venv-axolotl/bin:$(PATH):$(CURDIR)/.venv-eval/bin
 RUN_DIR ?= runs/demo
 
 .PHONY: setup demo test lint unit bench clean

@@ -26,6 +26,7 @@ BUILTIN_COMMANDS = {
     "export": "humpback_plugin.commands.export:export_command",
     "configs": "humpback_plugin.commands.configs:configs_command",
     "merge": "humpback_plugin.commands.merge:merge_command",
+    "eval": "humpback_plugin.commands.eval:eval_group",
     "report": "humpback_plugin.commands.report:report_command",
     "server": "humpback_plugin.commands.server:server",
     "plugins": "humpback_plugin.commands.plugins:plugins_command",
@@ -61,6 +62,7 @@ def cli() -> None:
       4. augment   the backward model writes an instruction for every segment
       5. curate    the current model rates each pair 1-5; keep score >= k
       6. iterate   M1 = base + seed + A(1) re-rates -> A(2); M2 is Humpback
+      7. eval      M0, M1, M2: win rates against a reference and M0, lm-eval accuracy
     `humpback run` does all of it with a resumable run directory.
 
     Models are served by a running vLLM OpenAI-compatible server (--base-url, key from

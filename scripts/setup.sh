@@ -3,6 +3,7 @@
 #   .venv            the project (editable) with its dev, report and parquet extras
 #   .venv-axolotl    Axolotl 0.19 on CPU torch, with the project installed into it, as a
 #                    user would have it (Axolotl pins transformers, pydantic, ... exactly)
+#   .venv-eval       lm-evaluation-harness and alpaca_eval for `humpback eval` (no torch)
 #   $HUMPBACK_HOME   the embedded vLLM server's own venv and the converted demo model
 #   chromium         for the report's real-browser test (Debian package; root only)
 # Re-running skips what is done (a stamp per step, keyed by the files it depends on).
@@ -17,11 +18,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 want_server=1
 want_axolotl=1
+want_eval=1
 want_browser=0
 for arg in "$@"; do
   case "$arg" in
     --no-server) want_server=0 ;;
     --no-axolotl) want_axolotl=0 ;;
+    --no-eval) want_eval=0 ;;
     --browser) want_browser=1 ;;
   esac
 done
@@ -44,6 +47,16 @@ else
   say ".venv is up to date"
 fi
 
+# .venv-eval is independent of the rest: build it in the background while Axolotl and the
+# vLLM server install (pip is mostly one core; the machine has two), and wait for it at the end.
+eval_hash=$(cat pyproject.toml scripts/setup_eval_env.sh | sha256sum | cut -c1-16)
+eval_pid=
+if [ "$want_eval" = 1 ] && ! stamp_ok .venv-eval/.humpback-setup "$eval_hash"; then
+  say "creating .venv-eval in the background (lm-evaluation-harness 0.4.13 + alpaca_eval 0.6.6, no torch)"
+  quiet_pip bash scripts/setup_eval_env.sh .venv-eval > .venv-eval.setup.log 2>&1 &
+  eval_pid=$!
+fi
+
 axo_hash=$(cat pyproject.toml scripts/setup_axolotl_env.sh | sha256sum | cut -c1-16)
 if [ "$want_axolotl" = 1 ] && ! stamp_ok .venv-axolotl/.humpback-setup "$axo_hash"; then
   say "creating .venv-axolotl (torch 2.13.0 CPU + axolotl 0.19.0; a few minutes)"
@@ -63,6 +76,17 @@ if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
     say "chromium missing and cannot be installed here (not root / no apt-get)"
+  fi
+fi
+if [ -n "$eval_pid" ]; then
+  if wait "$eval_pid"; then
+    echo "$eval_hash" > .venv-eval/.humpback-setup
+    rm -f .venv-eval.setup.log
+    say ".venv-eval ready"
+  else
+    tail -25 .venv-eval.setup.log >&2
+    say "building .venv-eval failed (log: .venv-eval.setup.log)"
+    exit 1
   fi
 fi
 say "setup done"

@@ -1,7 +1,9 @@
 """The README's main command, for real: `humpback run --demo`, killed midway and re-run.
 
-Real Axolotl trains the backward model and M0 (LoRA, CPU), the embedded vLLM serves the
-adapters, augmentation and curation run against it. A few minutes on 2 cores.
+Real Axolotl trains the backward model, M0, M1 and M2 (LoRA, CPU), the embedded vLLM serves
+the adapters, augmentation and both curations run against it, then M0, M1 and M2 answer
+the shipped questions, the embedded base model judges them, and real lm-eval measures
+them on the shipped multiple-choice task. Several minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import pytest
 
 from humpback_plugin.core.config import load_config
 from humpback_plugin.core.layout import stage_names
-from humpback_plugin.run.demo import DEMO_UNTIL
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.vllm, pytest.mark.axolotl, pytest.mark.slow]
@@ -27,7 +28,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.axolotl, pytest.mark.slow]
 def _axolotl_on_path() -> dict[str, str]:
     env = dict(os.environ)
     extra = [str(Path(sys.executable).parent), str(ROOT / ".venv-axolotl" / "bin")]
-    env["PATH"] = os.pathsep.join([*extra, env.get("PATH", "")])
+    # lm-eval from .venv-eval (built by scripts/setup.sh), after everything else.
+    env["PATH"] = os.pathsep.join([*extra, env.get("PATH", ""), str(ROOT / ".venv-eval" / "bin")])
     env.setdefault("OMP_NUM_THREADS", "2")
     if not any(Path(d, "axolotl").exists() for d in env["PATH"].split(os.pathsep)):
         if os.environ.get("HUMPBACK_REQUIRE_REAL"):
@@ -66,18 +68,34 @@ def test_demo_killed_midway_then_rerun_completes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train_backward: done (skipped)" in done.stderr  # not trained twice
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    wanted = stage_names(2)[: stage_names(2).index(DEMO_UNTIL) + 1]
+    wanted = stage_names(2, ["generate", "compare", "lm_eval"])
     assert {s: manifest["stages"][s]["status"] for s in wanted} == dict.fromkeys(wanted, "done")
     for stage in wanted:
         for out in manifest["stages"][stage]["outputs"]:
             assert (run_dir / out["path"]).exists(), out
-    for role in ("backward", "m0"):
+    for role in ("backward", "m0", "m1", "m2"):
         assert (run_dir / role / "model" / "adapter_model.safetensors").exists()
     assert manifest["stages"]["augment"]["stats"]["generations"] > 0
     scored = (run_dir / "curate_1" / "scored.jsonl").read_text().splitlines()
     assert scored and all(json.loads(x)["score"] in range(1, 6) for x in scored)
     assert (run_dir / "m1" / "axolotl.yaml").exists() and (run_dir / "m1/data/m1.jsonl").exists()
     assert (run_dir / "report" / "report.html").stat().st_size > 10_000
+    # M0, M1, M2 (and M2 with S_a) answered; the embedded base model judged every pair in
+    # both orders; lm-eval measured each model on the shipped multiple-choice questions.
+    for name in ("m0", "m1", "m2", "m2.S_a"):
+        answers = json.loads((run_dir / "eval/outputs" / name / "model_outputs.json").read_text())
+        assert answers and all(a["output"].strip() for a in answers), name
+    compared = manifest["stages"]["eval_compare"]["stats"]
+    wanted_comparisons = {"m0_vs_reference", "m2_vs_reference", "m2_vs_m0", "m2.S_a_vs_reference"}
+    assert wanted_comparisons <= set(compared)
+    for name, summary in compared.items():
+        assert summary["judged"] + summary["failed"] > 0 and summary["win_rate_ci"], name
+    accuracy = manifest["stages"]["eval_lm_eval"]["stats"]
+    assert {m: set(s["tasks"]) for m, s in accuracy.items()} == dict.fromkeys(
+        ("m0", "m1", "m2"), {"python_basics"}
+    )
+    summary = (run_dir / "report" / "summary.md").read_text()
+    assert "## Did it work?" in summary and "numbers show the mechanics" in summary
     assert load_config(run_dir / "config.yaml").training.adapter == "lora"
     # No server left behind by the killed run or the finished one.
     left = subprocess.run(["pgrep", "-f", f"{run_dir}/.server"], capture_output=True, text=True)

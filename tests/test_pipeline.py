@@ -58,7 +58,7 @@ def make_config(tmp: Path, base_url: str, *, trained: bool = True) -> Path:
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     if trained:
-        for role in ("backward", "m0", "m1"):
+        for role in ("backward", "m0", "m1", "m2"):
             out = tmp / "run" / role / "model"
             out.mkdir(parents=True)
             (out / FINISHED_MARKERS[0]).write_bytes(b"trained elsewhere")
@@ -74,7 +74,10 @@ def stub():
 def test_stage_order_follows_the_paper():
     assert stage_names(2) == [
         "seed", "segments", "backward_data", "train_backward", "augment", "m0_data",
-        "train_m0", "curate_1", "m1_data", "train_m1", "curate_2", "m2_data",
+        "train_m0", "curate_1", "m1_data", "train_m1", "curate_2", "m2_data", "train_m2",
+    ]  # fmt: skip
+    assert stage_names(2, ["generate", "compare", "lm_eval"])[-4:] == [
+        "train_m2", "eval_generate", "eval_compare", "eval_lm_eval",
     ]  # fmt: skip
 
 

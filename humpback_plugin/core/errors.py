@@ -69,3 +69,12 @@ class TrainingFailed(HumpbackError):
 
 class ServerError(HumpbackError):
     """Install, start or stop of the embedded vLLM server failed."""
+
+
+class ToolMissing(HumpbackError):
+    """An optional tool (lm-evaluation-harness, alpaca_eval) is not installed; the
+    message says how to install it."""
+
+
+class ToolFailed(HumpbackError):
+    """An external tool exited with an error; the message has the tail of its log."""

@@ -11,11 +11,15 @@ directories with them: one definition, so they cannot drift apart.
       backward/ m0/ m1/ ...      data/<role>.jsonl (+ .card.json), axolotl.yaml, model/, train.log
       curate_K/scored.jsonl, curate_K/curated.jsonl, curate_K/scored.jsonl.parts/
       report/report.html, report/summary.md, report/audit_sample.jsonl
+      eval/outputs/<name>/model_outputs.json   (name: m2, or m2.S_a for a tag-ablation run)
+      eval/compare/<name>_vs_<baseline>/verdicts.jsonl, summary.json
+      eval/lm_eval/<model>/summary.json, results/, tasks/, lm_eval.log
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +39,9 @@ def work_dir_for(output: str | os.PathLike, work_dir: str | os.PathLike | None =
     return Path(work_dir) if work_dir else Path(f"{output}.parts")
 
 
-def stage_names(iterations: int) -> list[str]:
-    """The run's stages in order, for ``iterations`` rounds of self-curation."""
+def stage_names(iterations: int, eval_steps: Sequence[str] = ()) -> list[str]:
+    """The run's stages in order, for ``iterations`` rounds of self-curation, then the
+    evaluation steps asked for (``generate``, ``compare``, ``lm_eval``) as ``eval_<step>``."""
     names = [
         "seed",
         "segments",
@@ -47,10 +52,9 @@ def stage_names(iterations: int) -> list[str]:
         "train_m0",
     ]
     for k in range(1, iterations + 1):
-        names += [f"curate_{k}", f"m{k}_data"]
-        if k < iterations:
-            names.append(f"train_m{k}")
-    return names
+        # The last model (M2 in the paper: Humpback) is trained too.
+        names += [f"curate_{k}", f"m{k}_data", f"train_m{k}"]
+    return names + [f"eval_{step}" for step in eval_steps]
 
 
 def is_curate_stage(name: str) -> bool:
@@ -119,6 +123,23 @@ class RunLayout:
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
+
+    # --- evaluation --------------------------------------------------------------------
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def eval_outputs(self, name: str) -> Path:
+        """AlpacaEval ``model_outputs.json`` of one model (``m2``) or condition (``m2.S_a``)."""
+        return self.eval_dir / "outputs" / name / "model_outputs.json"
+
+    def eval_comparison(self, name: str, baseline: str) -> Path:
+        """The folder of one pairwise comparison: ``verdicts.jsonl`` and ``summary.json``."""
+        return self.eval_dir / "compare" / f"{name}_vs_{baseline}"
+
+    def eval_lm_eval(self, model: str) -> Path:
+        return self.eval_dir / "lm_eval" / model
 
     @property
     def server_state(self) -> Path:

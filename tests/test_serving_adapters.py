@@ -1,0 +1,83 @@
+"""Embedded serving of a run's adapters: one vLLM for the run, later adapters loaded at
+runtime, a restart only when the server cannot take them. The server module is replaced
+by a recorder here; the real path runs in test_demo_real.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from humpback_plugin.vllm import serving
+from humpback_plugin.vllm.server import ServerHandle
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start_server(self, **kwargs):
+        self.calls.append(("start", sorted(n for n, _ in kwargs["loras"]), kwargs["max_loras"]))
+        return ServerHandle(
+            base_url="http://127.0.0.1:1/v1", model="base", pid=1, port=1, host="127.0.0.1",
+            served_model_names=("base",), log_file=Path("log"), state_dir=Path("s"),
+            started_at=0.0,
+        )  # fmt: skip
+
+    def stop_server(self, **kwargs):
+        self.calls.append(("stop",))
+        return True
+
+    def load_lora(self, base_url, name, path):
+        self.calls.append(("load", name))
+
+
+def adapter(tmp_path: Path, name: str, rank: int = 16) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps({"r": rank}))
+    return path
+
+
+@pytest.fixture
+def recorder(monkeypatch) -> Recorder:
+    rec = Recorder()
+    for name in ("start_server", "stop_server", "load_lora"):
+        monkeypatch.setattr(serving.server, name, getattr(rec, name))
+    return rec
+
+
+def test_later_adapters_are_loaded_into_the_running_server(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state", max_adapters=4)
+    adapters = {"backward": adapter(tmp_path, "backward")}
+    assert run.ensure("backward", adapters, tmp_path / "backward") == (
+        ["http://127.0.0.1:1/v1"], "backward"
+    )  # fmt: skip
+    for role in ("m0", "m1", "m2"):
+        adapters[role] = adapter(tmp_path, role)
+        assert run.ensure(role, dict(adapters), tmp_path / role)[1] == role
+    # The base model (the evaluation's judge) comes from the same server.
+    assert run.ensure("judge", dict(adapters), None)[1] == "base"
+    starts = [c for c in recorder.calls if c[0] == "start"]
+    assert starts == [("start", ["backward"], 4)]
+    assert [c for c in recorder.calls if c[0] == "load"] == [
+        ("load", r) for r in ("m0", "m1", "m2")
+    ]
+
+
+def test_no_room_or_a_higher_rank_restarts_with_the_full_set(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state", max_adapters=2)
+    adapters = {"backward": adapter(tmp_path, "backward"), "m0": adapter(tmp_path, "m0")}
+    run.ensure("m0", dict(adapters), tmp_path / "m0")
+    adapters["m1"] = adapter(tmp_path, "m1")  # a third adapter: no room
+    run.ensure("m1", dict(adapters), tmp_path / "m1")
+    adapters["m2"] = adapter(tmp_path, "m2", rank=64)  # room (3 slots now) but rank 64 > 16
+    run.ensure("m2", dict(adapters), tmp_path / "m2")
+    starts = [c for c in recorder.calls if c[0] == "start"]
+    assert starts == [
+        ("start", ["backward", "m0"], 2),
+        ("start", ["backward", "m0", "m1"], 3),
+        ("start", ["backward", "m0", "m1", "m2"], 4),
+    ]
+    assert not [c for c in recorder.calls if c[0] == "load"]
