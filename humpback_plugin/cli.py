@@ -27,6 +27,7 @@ BUILTIN_COMMANDS = {
     "configs": "humpback_plugin.commands.configs:configs_command",
     "merge": "humpback_plugin.commands.merge:merge_command",
     "report": "humpback_plugin.commands.report:report_command",
+    "eval": "humpback_plugin.commands.eval:eval_group",
     "server": "humpback_plugin.commands.server:server",
     "plugins": "humpback_plugin.commands.plugins:plugins_command",
 }

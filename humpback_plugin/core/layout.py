@@ -10,6 +10,8 @@ directories with them: one definition, so they cannot drift apart.
       augment/candidates.jsonl, augment/candidates.rejected.jsonl, augment/candidates.jsonl.parts/
       backward/ m0/ m1/ ...      data/<role>.jsonl (+ .card.json), axolotl.yaml, model/, train.log
       curate_K/scored.jsonl, curate_K/curated.jsonl, curate_K/scored.jsonl.parts/
+      curate_K/scored.canaries.jsonl   the probes mixed in as canaries, scored (never a dataset)
+      eval/judge/judge_eval.json       `humpback eval judge --run`
       report/report.html, report/summary.md, report/audit_sample.jsonl
 """
 
@@ -115,6 +117,15 @@ class RunLayout:
 
     def curated(self, k: int) -> Path:
         return self.root / f"curate_{k}" / "curated.jsonl"
+
+    def canaries(self, k: int) -> Path:
+        """The labelled probes curate_K mixed into its stream, with their scores."""
+        return side_path(self.scored(k), "canaries")
+
+    @property
+    def judge_eval(self) -> Path:
+        """`humpback eval judge --run RUN_DIR` writes here (the report reads it)."""
+        return self.root / "eval" / "judge"
 
     @property
     def report_dir(self) -> Path:

@@ -34,6 +34,7 @@ from humpback_plugin.core.client import Generation, OpenAIClient, RequestRejecte
 from humpback_plugin.core.config import CurateConfig
 from humpback_plugin.core.prompts import PromptTemplate, fill_template
 from humpback_plugin.core.runner import body_for_endpoint, send
+from humpback_plugin.stages.curate.guard import mask_ratings
 
 SCORES = ("1", "2", "3", "4", "5")
 SCORE_REGEX = "Score: [1-5]"
@@ -126,7 +127,12 @@ class ScoringContext:
         return self.settings.endpoint
 
     def request(self, candidate: dict[str, Any]) -> dict[str, Any]:
-        return self.build_request(candidate["instruction"], candidate["output"], self.template.text)
+        """The judge's request for a pair; with ``injection_guard`` the pair's score and
+        rating claims are removed from what the judge reads (see :mod:`.guard`)."""
+        instruction, output = candidate["instruction"], candidate["output"]
+        if self.settings.injection_guard:
+            instruction, output = mask_ratings(instruction)[0], mask_ratings(output)[0]
+        return self.build_request(instruction, output, self.template.text)
 
     def base_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"temperature": self.settings.temperature}
