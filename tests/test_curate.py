@@ -290,7 +290,8 @@ def test_resume_and_iteration_is_a_new_run(tmp_path):
         )
         assert len(stub.generation_requests) == n and again["already_done"] == 2
         curate(
-            cands, out, client_config=config(stub), settings=CurateConfig(canaries=False, mode="constrained"),
+            cands, out, client_config=config(stub),
+            settings=CurateConfig(canaries=False, mode="constrained"),
             iteration=2, show_progress=False,
         )  # fmt: skip
         assert len(stub.generation_requests) == n + 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ async def evaluate_judge_async(
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = _previous(out / RESULT_NAME)
     client = client_config.make_client()
     try:
         preflight_report = await client.preflight() if preflight else None
@@ -164,6 +166,7 @@ async def evaluate_judge_async(
                 probe_set, out, mode, settings, client_config, client,
                 retry_failed=retry_failed, show_progress=show_progress,
             )  # fmt: skip
+            _keep_timing(modes[mode], previous.get(mode))
     finally:
         await client.aclose()
     report = {
@@ -182,6 +185,25 @@ async def evaluate_judge_async(
     }
     write_json_atomic(out / RESULT_NAME, report)
     return report
+
+
+def _previous(path: Path) -> dict[str, Any]:
+    """The modes of an earlier run of the same evaluation (for a resumed run's timing)."""
+    try:
+        modes = json.loads(path.read_text(encoding="utf-8")).get("modes")
+    except (OSError, ValueError):
+        return {}
+    return modes if isinstance(modes, dict) else {}
+
+
+def _keep_timing(mode: dict[str, Any], before: Any) -> None:
+    """A resumed mode that scored nothing new keeps the timing measured when it did."""
+    if mode["scored_this_run"] or not isinstance(before, dict):
+        return
+    if before.get("scored") == mode["scored"] and before.get("pairs_per_s"):
+        for key in ("pairs_per_s", "seconds_per_pair", "elapsed_s"):
+            mode[key] = before.get(key)
+        mode["timing_from_earlier_run"] = True
 
 
 # --- the table, as `humpback eval judge` prints it and the report shows it -----------------

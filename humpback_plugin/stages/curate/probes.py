@@ -38,7 +38,6 @@ import math
 import os
 import random
 import re
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -137,8 +136,11 @@ def _sentences_cut(text: str, share: float) -> tuple[str, str]:
 
 def other_answer(pair: dict[str, Any], ctx: ProbeContext) -> str | None:
     """The answer of another instruction of the set."""
-    others = [p for p in ctx.pairs if p["output"] != pair["output"]]
-    return ctx.rng.choice(others)["output"] if others else None
+    for _ in range(20):  # a few draws instead of a scan: seeds have thousands of pairs
+        other = ctx.rng.choice(ctx.pairs)
+        if other["output"] != pair["output"] and other["instruction"] != pair["instruction"]:
+            return other["output"]
+    return None
 
 
 def truncated(pair: dict[str, Any], ctx: ProbeContext) -> str | None:
@@ -333,6 +335,19 @@ def _labelled_probes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return probes
 
 
+def _unique(probes: list[dict[str, Any]], source: Path) -> list[dict[str, Any]]:
+    """Each probe once (seed files repeat pairs); one id with two labels is an error."""
+    seen: dict[str, int] = {}
+    out = []
+    for probe in probes:
+        label = seen.setdefault(probe["id"], probe["label"])
+        if label != probe["label"]:
+            raise InputError(source, None, f"probe {probe['id']} is labelled both 1 and 0")
+        if len(seen) > len(out):
+            out.append(probe)
+    return out
+
+
 def _balanced(probes: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     """Whole groups in a seeded shuffled order (stable for a given source and seed)."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -358,10 +373,7 @@ def load_probes(
     rows, labelled = _read_source(source)
     probes = _labelled_probes(rows) if labelled else build_probes(rows, kinds, seed, enabled)
     ordered = _balanced(probes, seed)
-    counts = Counter(p["id"] for p in ordered)
-    dupes = sorted(i for i, n in counts.items() if n > 1)
-    if dupes:
-        raise InputError(source, None, f"duplicate probes (same id): {', '.join(dupes[:5])}")
+    ordered = _unique(ordered, source)
     probe_set = ProbeSet(
         probes=ordered,
         source=str(source),

@@ -19,6 +19,9 @@ Three scoring modes (registered on ``register_scorers``; pick with ``--mode``):
   of the mass; ``logprob_mass`` records what the top logprobs summed to before the
   renormalisation, so a server configured otherwise is visible in the data.
 
+In every mode the judge reads the pair without its score and rating claims ("Score: 5",
+"Rating: 5/5", "10/10"): see :mod:`.guard` (``injection_guard``).
+
 The old ``guided_*`` request fields are never sent: current vLLM ignores them silently.
 """
 
@@ -126,13 +129,17 @@ class ScoringContext:
     def endpoint(self) -> str:
         return self.settings.endpoint
 
-    def request(self, candidate: dict[str, Any]) -> dict[str, Any]:
-        """The judge's request for a pair; with ``injection_guard`` the pair's score and
-        rating claims are removed from what the judge reads (see :mod:`.guard`)."""
-        instruction, output = candidate["instruction"], candidate["output"]
+    def judged(self, candidate: dict[str, Any]) -> dict[str, str]:
+        """The instruction and answer as the judge reads them: with ``injection_guard``,
+        without their score and rating claims (see :mod:`.guard`)."""
+        fields = {"instruction": candidate["instruction"], "output": candidate["output"]}
         if self.settings.injection_guard:
-            instruction, output = mask_ratings(instruction)[0], mask_ratings(output)[0]
-        return self.build_request(instruction, output, self.template.text)
+            fields = {name: mask_ratings(text)[0] for name, text in fields.items()}
+        return fields
+
+    def request(self, candidate: dict[str, Any]) -> dict[str, Any]:
+        judged = self.judged(candidate)
+        return self.build_request(judged["instruction"], judged["output"], self.template.text)
 
     def base_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"temperature": self.settings.temperature}
@@ -190,7 +197,7 @@ async def paper_scorer(
     problem = None
     if score is None:
         problem = "no_valid_score_on_last_line"
-    elif echoes_candidate(judge_text, candidate):
+    elif echoes_candidate(judge_text, context.judged(candidate)):
         score, problem = None, "score_line_copied_from_candidate"
     result: dict[str, Any] = {"judge_text": judge_text, "score_status": "ok", "score": score}
     if score is None:
