@@ -77,7 +77,11 @@ class CanaryPlan:
             "negatives": len(self.canaries) - positives,
             "share": round(len(self.canaries) / self.candidates, 4) if self.candidates else None,
             "path": str(path) if path else None,
-            **{k: v for k, v in self.probe_set.describe().items() if k != "probes"},
+            **{
+                k: v
+                for k, v in self.probe_set.describe().items()
+                if k not in ("probes", "positives", "negatives")
+            },
             "probes_available": len(self.probe_set.probes),
         }
 
