@@ -138,6 +138,7 @@ def test_a_plugin_probe_kind_is_built_and_listed():
 def test_canaries_are_whole_groups_spread_through_the_stream():
     probe_set = builtin_probes()
     assert canary_target(10, 0.03, 35, 700) == 35  # the floor
+    assert canary_target(0, 0.03, 35, 700) == 0  # nothing to curate, nothing sent
     assert canary_target(100_000, 0.03, 35, 700) == 700  # the cap
     assert canary_target(2_000, 0.03, 35, 700) == 60
     picked = pick_canaries(probe_set, 35)
@@ -246,7 +247,8 @@ def client_for(stub):
     ],
 )
 def test_eval_judge_stub_judges_of_known_quality(tmp_path, mode, quality, precision, recall, auc):
-    labels = labels_by_text(builtin_probes().probes)
+    probes = builtin_probes().probes
+    labels = labels_by_text(probes)
     with StubOpenAI(stub_judge(quality, labels)) as stub:
         report = evaluate_judge(
             None, tmp_path, client_config=client_for(stub),
@@ -258,7 +260,19 @@ def test_eval_judge_stub_judges_of_known_quality(tmp_path, mode, quality, precis
     assert q["roc_auc"] == auc
     assert (q["positives"], q["negatives"], q["parse_failed_rate"]) == (20, 120, 0.0)
     assert q["ranked_by"] == ("expected_score" if mode == "logprobs" else "score")
-    assert q["generated_tokens_per_pair"] == (12.0 if mode == "paper" else 1.0)
+    if mode == "paper":
+        # a judge answering 5 to a probe that ends in "Score: 5" is re-asked, constrained
+        # (its line could be a copy): a few more tokens, never a lost score
+        own_line = [p for p in probes if "score: 5" in p["output"].replace("*", "").lower()]
+        recovered = 0 if quality == "perfect" else len(own_line)
+        assert (
+            q["status"] == {"ok": 140 - recovered, "recovered": recovered}
+            if recovered
+            else {"ok": 140}
+        )
+        assert q["generated_tokens_per_pair"] == round((12 * 140 + recovered) / 140, 2)
+    else:
+        assert q["generated_tokens_per_pair"] == 1.0
     assert q["pairs_per_s"] > 0
     if quality == "perfect":
         assert q["kinds"]["positive"]["mean_score"] == 5.0

@@ -393,7 +393,9 @@ def load_probes(
 
 def canary_target(candidates: int, share: float, minimum: int, maximum: int) -> int:
     """How many probes to mix into a stream of ``candidates``: the share, at least
-    ``minimum``, at most ``maximum``."""
+    ``minimum``, at most ``maximum``; none for an empty stream (nothing is curated)."""
+    if candidates <= 0:
+        return 0
     # round() first: 0.03 * 100 is 3.0000000000000004, which is 3 probes, not 4
     wanted = max(minimum, math.ceil(round(share * candidates, 6)))
     return max(0, min(wanted, maximum))

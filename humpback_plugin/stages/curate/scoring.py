@@ -197,7 +197,9 @@ async def paper_scorer(
     problem = None
     if score is None:
         problem = "no_valid_score_on_last_line"
-    elif echoes_candidate(judge_text, context.judged(candidate)):
+    elif echoes_candidate(judge_text, candidate):
+        # Checked against the pair as written, not only as the guarded judge read it: a
+        # judge that is told the pair some other way (a plugin's request) is caught too.
         score, problem = None, "score_line_copied_from_candidate"
     result: dict[str, Any] = {"judge_text": judge_text, "score_status": "ok", "score": score}
     if score is None:
