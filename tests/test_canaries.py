@@ -93,13 +93,26 @@ def test_canaries_measure_the_judge_and_stay_out_of_the_outputs(tmp_path):
     assert summary["masked_ratings"] == 0
 
 
-def test_probes_never_reach_a_dataset_in_a_whole_run(tmp_path):
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory) -> Path:
+    """`humpback run` against a stub, `humpback eval judge --run` on it, then the report."""
+    tmp = tmp_path_factory.mktemp("whole-run")
+    run = tmp / "run"
     with StubOpenAI(pipeline_judge) as stub:
-        config = make_config(tmp_path, stub.base_url)
-        result = CliRunner().invoke(cli, ["run", "-c", str(config), str(tmp_path / "run")])
-    assert result.exit_code == 0, result.output
-    run = tmp_path / "run"
+        config = make_config(tmp, stub.base_url)
+        result = CliRunner().invoke(cli, ["run", "-c", str(config), str(run)])
+        assert result.exit_code == 0, result.output
+        result = CliRunner().invoke(
+            cli, ["eval", "judge", "--run", str(run), "--base-url", stub.base_url,
+                  "--model", "stub", "--groups", "2", "--max-tokens", "32", "-q"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
     build_report(run)
+    return run
+
+
+def test_probes_never_reach_a_dataset_in_a_whole_run(whole_run):
+    run = whole_run
     probes = load_probes(run / "seed" / "seed.jsonl", components("register_probe_kinds")).probes
     # Bad answers that exist nowhere else (the others are pieces of seed answers, which
     # the seed and datasets hold by right), raw and as JSON strings.
@@ -109,16 +122,20 @@ def test_probes_never_reach_a_dataset_in_a_whole_run(tmp_path):
     checked = []
     for path in sorted(p for p in run.rglob("*") if p.is_file()):
         rel = path.relative_to(run)
-        if path.name.endswith(".canaries.jsonl") or any(
-            part.endswith(".parts") for part in rel.parts
+        if (
+            path.name.endswith(".canaries.jsonl")  # the curations' scored probes
+            or any(part.endswith(".parts") for part in rel.parts)  # resumable stores
+            or rel.parts[:2] == ("eval", "judge")
+            and len(rel.parts) > 3  # eval's per mode
         ):
-            continue  # the probes' own results, and the resumable stores
+            continue
         data = path.read_bytes()
         assert not PROBE_ID.search(data), f"{rel} holds a probe id"
         assert not [n for n in needles if n in data], f"{rel} holds a probe's answer"
         checked.append(str(rel))
     for name in ("m1/data/m1.jsonl", "m2/data/m2.jsonl", "curate_1/scored.jsonl",
-                 "curate_2/curated.jsonl", "report/report.html", "report/summary.md"):  # fmt: skip
+                 "curate_2/curated.jsonl", "report/report.html", "report/summary.md",
+                 "report/audit_sample.jsonl", "eval/judge/judge_eval.json"):  # fmt: skip
         assert name in checked
     # both iterations' judges were measured on the same probes
     ids = [{r["id"] for r in read_jsonl(run / f"curate_{k}/scored.canaries.jsonl")} for k in (1, 2)]
@@ -129,6 +146,23 @@ def test_probes_never_reach_a_dataset_in_a_whole_run(tmp_path):
         assert stats["scored"] == len(read_jsonl(run / "augment/candidates.jsonl"))
         outputs = {o["path"] for o in manifest["stages"][f"curate_{k}"]["outputs"]}
         assert f"curate_{k}/scored.canaries.jsonl" in outputs
+
+
+def test_the_report_shows_each_iterations_judge(whole_run):
+    page = (whole_run / "report/report.html").read_text()
+    summary = (whole_run / "report/summary.md").read_text()
+    manifest = json.loads((whole_run / "manifest.json").read_text())
+    for text in (page, summary):
+        assert "Judge quality" in text and "Mean score per probe kind" in text
+        assert "humpback eval judge" in text and "A4 precision" in text
+        for k in (1, 2):
+            q = manifest["stages"][f"curate_{k}"]["stats"]["judge_quality"]
+            auc = f"{q['roc_auc']:.2f}"
+            assert f"| curate_{k} | stub | paper | 5 / 30 |" in summary
+            assert auc in text
+    # the score plots of both iterations, the lengths, and one judge plot per iteration
+    assert page.count("data:image/png;base64,") == 5
+    assert page.index('id="scores"') < page.index('id="judge"') < page.index('id="lengths"')
 
 
 def test_calibrated_selection_reports_its_cut(tmp_path):

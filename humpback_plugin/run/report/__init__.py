@@ -1,10 +1,10 @@
 """The run report: one self-contained HTML page and a markdown summary of a run directory.
 
 :func:`build_report` reads the run (:mod:`.collect`), builds every table once
-(:mod:`.tables`), draws the plots (:mod:`.plots`, optional matplotlib) and renders the
-same tables to ``report.html`` (:mod:`.html`) and ``summary.md`` (:mod:`.markdown`), with
-a stratified sample for human audit in ``audit_sample.jsonl``. Works on a half-finished
-run and says what is missing.
+(:mod:`.tables`; the judge's quality: :mod:`.judge`), draws the plots (:mod:`.plots`,
+optional matplotlib) and renders the same tables to ``report.html`` (:mod:`.html`) and
+``summary.md`` (:mod:`.markdown`), with a stratified sample for human audit in
+``audit_sample.jsonl``. Works on a half-finished run and says what is missing.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from humpback_plugin.run.report.collect import (
     read_manifest,
 )
 from humpback_plugin.run.report.html import render_html
+from humpback_plugin.run.report.judge import judge_plots, judge_section
 from humpback_plugin.run.report.markdown import md_table, render_markdown
 from humpback_plugin.run.report.plots import make_plots, plots_available
 from humpback_plugin.run.report.tables import (
@@ -60,6 +61,7 @@ __all__ = [
     "render_html",
     "render_markdown",
     "sections",
+    "with_judge_section",
 ]
 
 
@@ -89,6 +91,13 @@ def audit_records(data: RunData) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def with_judge_section(report_sections: list[Section], data: RunData) -> list[Section]:
+    """The judge-quality section, placed right after the scores it explains."""
+    keys = [s.key for s in report_sections]
+    at = keys.index("scores") + 1 if "scores" in keys else len(report_sections)
+    return [*report_sections[:at], judge_section(data), *report_sections[at:]]
 
 
 @dataclass
@@ -133,7 +142,9 @@ def build_report(
         progress=progress,
     )
     images = make_plots(data) if plots else {}
-    report_sections = sections(data)
+    report_sections = with_judge_section(sections(data), data)
+    if plots:
+        images.update(judge_plots(data))
     # Both texts exist before either file is replaced: a failure leaves the old pair.
     page = render_html(data, report_sections, images, truncate_at=truncate_at)
     summary = render_markdown(data, report_sections)
