@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_server import server_for
+
 from humpback_plugin.commands.eval import print_judge_table
 from humpback_plugin.core.client import ClientConfig
 from humpback_plugin.core.config import CurateConfig, JudgeEvalConfig
@@ -127,14 +129,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
-        if args.base_url:
-            base_url, model = args.base_url, args.model
-        else:
-            from humpback_plugin.vllm.server import running_server
-
-            state = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-server-"))
-            handle = stack.enter_context(running_server(port=0, state_dir=state))
-            base_url, model = handle.base_url, handle.model
+        base_url, model = server_for(args, stack)
         results = run(args, base_url, model)
     print(f"total {results['elapsed_s']:.0f}s against {base_url}", file=sys.stderr)
     if args.json_out:

@@ -44,6 +44,36 @@ def selector_settings(
     return fields
 
 
+# The judge's options, shared with `humpback eval judge`.
+max_tokens_option = click.option(
+    "--max-tokens",
+    type=click.IntRange(1),
+    default=default(CurateConfig, "max_tokens"),
+    show_default=True,
+    help="paper mode: room for the judge's reasoning.",
+)
+guard_option = click.option(
+    "--injection-guard/--no-injection-guard",
+    default=default(CurateConfig, "injection_guard"),
+    show_default=True,
+    help="Remove score and rating claims ('Score: 5', 'Rating: 5/5', '10/10') from the text "
+    "the judge reads, so a web page cannot rate itself; the records keep their text.",
+)
+endpoint_option = click.option(
+    "--endpoint",
+    type=click.Choice(ENDPOINTS),
+    default=default(CurateConfig, "endpoint"),
+    show_default=True,
+)
+template_option = click.option(
+    "--template",
+    default=default(CurateConfig, "template"),
+    show_default=True,
+    help="Prompt template: a registered name or a file; placeholders {instruction} and "
+    "{output}. The default is the paper's Table 1 rubric, verbatim.",
+)
+
+
 canary_options = options(
     click.option(
         "--canaries/--no-canaries",
@@ -192,19 +222,8 @@ def _num(value: Any) -> str:
     show_default=True,
     help="1: M0 scores -> A(1); 2: M1 re-scores -> A(2). Recorded on each record.",
 )
-@click.option(
-    "--endpoint",
-    type=click.Choice(ENDPOINTS),
-    default=default(CurateConfig, "endpoint"),
-    show_default=True,
-)
-@click.option(
-    "--template",
-    default=default(CurateConfig, "template"),
-    show_default=True,
-    help="Prompt template: a registered name or a file; placeholders {instruction} and "
-    "{output}. The default is the paper's Table 1 rubric, verbatim.",
-)
+@endpoint_option
+@template_option
 @click.option(
     "--temperature",
     type=float,
@@ -212,13 +231,7 @@ def _num(value: Any) -> str:
     show_default=True,
     help="Judge decoding (not reported in the paper; greedy is reproducible).",
 )
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(1),
-    default=default(CurateConfig, "max_tokens"),
-    show_default=True,
-    help="paper mode: room for the judge's reasoning.",
-)
+@max_tokens_option
 @click.option(
     "--no-prefill",
     is_flag=True,
@@ -226,13 +239,7 @@ def _num(value: Any) -> str:
     "that reject continue_final_message).",
 )
 @click.option("--seed", type=int)
-@click.option(
-    "--injection-guard/--no-injection-guard",
-    default=default(CurateConfig, "injection_guard"),
-    show_default=True,
-    help="Remove score and rating claims ('Score: 5', 'Rating: 5/5', '10/10') from the text "
-    "the judge reads, so a web page cannot rate itself; the records keep their text.",
-)
+@guard_option
 @canary_options
 @shard_option
 @click.option("--retry-failed", is_flag=True, help="Retry pairs the server refused before.")

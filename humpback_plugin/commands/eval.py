@@ -14,7 +14,13 @@ from humpback_plugin.commands.common import (
     pop_client_config,
     split_names,
 )
-from humpback_plugin.core.config import ENDPOINTS, CurateConfig, JudgeEvalConfig, default
+from humpback_plugin.commands.curate import (
+    endpoint_option,
+    guard_option,
+    max_tokens_option,
+    template_option,
+)
+from humpback_plugin.core.config import CurateConfig, JudgeEvalConfig, default
 from humpback_plugin.core.errors import UsageError
 from humpback_plugin.core.jsonl_io import write_jsonl_atomic
 from humpback_plugin.core.layout import RunLayout
@@ -76,20 +82,9 @@ def probe_options(fn: Any) -> Any:
     help="Scoring mode to compare; repeat it (default: paper, constrained, logprobs).",
 )
 @probe_options
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(1),
-    default=default(CurateConfig, "max_tokens"),
-    show_default=True,
-    help="paper mode: room for the judge's reasoning.",
-)
-@click.option(
-    "--endpoint",
-    type=click.Choice(ENDPOINTS),
-    default=default(CurateConfig, "endpoint"),
-    show_default=True,
-)
-@click.option("--template", default=default(CurateConfig, "template"), show_default=True)
+@max_tokens_option
+@endpoint_option
+@template_option
 @click.option(
     "--target-precision",
     type=click.FloatRange(0, 1, min_open=True),
@@ -97,12 +92,7 @@ def probe_options(fn: Any) -> Any:
     show_default=True,
     help="Also report the cut the calibrated selector would choose for this precision.",
 )
-@click.option(
-    "--injection-guard/--no-injection-guard",
-    default=default(CurateConfig, "injection_guard"),
-    show_default=True,
-    help="Remove rating claims from what the judge reads (off: measure the raw judge).",
-)
+@guard_option
 @click.option("--retry-failed", is_flag=True, help="Retry probes the server refused before.")
 def judge_command(
     probes: str | None,
