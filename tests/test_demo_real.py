@@ -78,6 +78,9 @@ def test_demo_killed_midway_then_rerun_completes(tmp_path):
     assert scored and all(json.loads(x)["score"] in range(1, 6) for x in scored)
     assert (run_dir / "m1" / "axolotl.yaml").exists() and (run_dir / "m1/data/m1.jsonl").exists()
     assert (run_dir / "report" / "report.html").stat().st_size > 10_000
+    # M0's judge was measured on canaries built from the demo seed
+    assert manifest["stages"]["curate_1"]["stats"]["judge_quality"]["probes"] == 35
+    assert "Judge quality" in (run_dir / "report" / "report.html").read_text()
     assert load_config(run_dir / "config.yaml").training.adapter == "lora"
     # No server left behind by the killed run or the finished one.
     left = subprocess.run(["pgrep", "-f", f"{run_dir}/.server"], capture_output=True, text=True)

@@ -268,6 +268,14 @@ class Pipeline:
             probes_path=probes,
             canaries_path=self.paths.canaries(k),
         )
+        quality = summary.get("judge_quality")
+        if quality:
+            a4 = quality["a4"]
+            self.log(
+                f"      judge {client_config.model} on {quality['probes']} canaries: "
+                f"A4 precision {a4['precision']}, recall {a4['recall']}, "
+                f"ROC-AUC {quality['roc_auc']} (1 separates good from bad, 0.5 is chance)"
+            )
         self.manifest.finish(
             f"curate_{k}",
             inputs=[self.paths.candidates] + ([probes] if cfg.canaries else []),
