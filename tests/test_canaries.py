@@ -125,8 +125,8 @@ def test_probes_never_reach_a_dataset_in_a_whole_run(whole_run):
         if (
             path.name.endswith(".canaries.jsonl")  # the curations' scored probes
             or any(part.endswith(".parts") for part in rel.parts)  # resumable stores
-            or rel.parts[:2] == ("eval", "judge")
-            and len(rel.parts) > 3  # eval's per mode
+            # `eval judge`'s own stores and scored probes: eval/judge/MODEL/MODE/...
+            or (rel.parts[:2] == ("eval", "judge") and len(rel.parts) > 4)
         ):
             continue
         data = path.read_bytes()
@@ -135,7 +135,7 @@ def test_probes_never_reach_a_dataset_in_a_whole_run(whole_run):
         checked.append(str(rel))
     for name in ("m1/data/m1.jsonl", "m2/data/m2.jsonl", "curate_1/scored.jsonl",
                  "curate_2/curated.jsonl", "report/report.html", "report/summary.md",
-                 "report/audit_sample.jsonl", "eval/judge/judge_eval.json"):  # fmt: skip
+                 "report/audit_sample.jsonl", "eval/judge/stub/judge_eval.json"):  # fmt: skip
         assert name in checked
     # both iterations' judges were measured on the same probes
     ids = [{r["id"] for r in read_jsonl(run / f"curate_{k}/scored.canaries.jsonl")} for k in (1, 2)]

@@ -64,8 +64,8 @@ def probe_options(fn: Any) -> Any:
     "--run",
     "run_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A run directory: results go to RUN/eval/judge/ (the report shows them) and the "
-    "probes default to the run's seed.",
+    help="A run directory: results go to RUN/eval/judge/MODEL/ (the report shows every "
+    "judge evaluated there) and the probes default to the run's seed.",
 )
 @click.option(
     "-o",
@@ -136,9 +136,9 @@ def judge_command(
     layout = RunLayout(run_dir) if run_dir else None
     if probes is None and layout is not None and layout.seed.exists():
         probes = str(layout.seed)
-    out = out_dir or (layout.judge_eval if layout else None)
-    assert out is not None
     client = pop_client_config(kwargs)
+    out = out_dir or (layout.judge_eval_for(client.model) if layout else None)
+    assert out is not None
     settings = CurateConfig(probe_seed=probe_seed, probe_kinds=split_names(kinds), **kwargs)
     evaluation = JudgeEvalConfig(
         modes=list(modes) or default(JudgeEvalConfig, "modes"), probe_groups=groups

@@ -11,13 +11,14 @@ directories with them: one definition, so they cannot drift apart.
       backward/ m0/ m1/ ...      data/<role>.jsonl (+ .card.json), axolotl.yaml, model/, train.log
       curate_K/scored.jsonl, curate_K/curated.jsonl, curate_K/scored.jsonl.parts/
       curate_K/scored.canaries.jsonl   the probes mixed in as canaries, scored (never a dataset)
-      eval/judge/judge_eval.json       `humpback eval judge --run`
+      eval/judge/MODEL/judge_eval.json `humpback eval judge --run`
       report/report.html, report/summary.md, report/audit_sample.jsonl
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,8 +125,12 @@ class RunLayout:
 
     @property
     def judge_eval(self) -> Path:
-        """`humpback eval judge --run RUN_DIR` writes here (the report reads it)."""
+        """`humpback eval judge --run RUN_DIR` writes under here, a folder per judge model
+        (the report reads them all)."""
         return self.root / "eval" / "judge"
+
+    def judge_eval_for(self, model: str) -> Path:
+        return self.judge_eval / (re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("._") or "model")
 
     @property
     def report_dir(self) -> Path:

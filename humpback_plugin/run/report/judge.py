@@ -119,25 +119,31 @@ def _kinds_table(qualities: dict[int, dict[str, Any]]) -> Table:
     )
 
 
-def _eval_table(data: RunData) -> Table | None:
-    path = data.layout.judge_eval / RESULT_NAME
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(report, dict) or not report.get("modes"):
-        return None
-    headers, rows = judge_table(report)
-    probes = report.get("probes") or {}
-    return Table(
-        "judge-eval",
-        f"`humpback eval judge`: {report.get('model')} per scoring mode",
-        headers,
-        [list(r) for r in rows],
-        frozenset(range(1, len(headers))),
-        intro=f"{probes.get('probes')} probes ({probes.get('positives')} good) scored in each "
-        f"mode on {report.get('created_at')}; from `{data.layout.relative(path)}`.",
-    )
+def _eval_tables(data: RunData) -> list[Table]:
+    """One table per judge `humpback eval judge --run` evaluated (a folder per model)."""
+    tables = []
+    for path in sorted(data.layout.judge_eval.glob(f"*/{RESULT_NAME}")):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(report, dict) or not report.get("modes"):
+            continue
+        headers, rows = judge_table(report)
+        probes = report.get("probes") or {}
+        tables.append(
+            Table(
+                f"judge-eval-{path.parent.name}",
+                f"`humpback eval judge`: {report.get('model')} per scoring mode",
+                headers,
+                [list(r) for r in rows],
+                frozenset(range(1, len(headers))),
+                intro=f"{probes.get('probes')} probes ({probes.get('positives')} good) scored "
+                f"in each mode on {report.get('created_at')}; from "
+                f"`{data.layout.relative(path)}`.",
+            )
+        )
+    return tables
 
 
 def judge_section(data: RunData) -> Section:
@@ -146,9 +152,7 @@ def judge_section(data: RunData) -> Section:
     tables = []
     if qualities:
         tables = [_iterations_table(data, qualities), _kinds_table(qualities)]
-    evaluation = _eval_table(data)
-    if evaluation is not None:
-        tables.append(evaluation)
+    tables += _eval_tables(data)
     return Section(
         SECTION_KEY,
         "Judge quality",
