@@ -72,8 +72,9 @@ def test_canaries_measure_the_judge_and_stay_out_of_the_outputs(tmp_path):
         judged = [judged_pair(r) for r in stub.generation_requests]
     # 60 candidates: 3% is 2, the floor is 35 probes = 5 seed pairs' groups of 7
     assert summary["canaries"]["count"] == 35 and summary["canaries"]["positives"] == 5
-    assert len(judged) == 60 + 35
-    assert sum(1 for t in judged if t in labels) == 35  # the probes went to the judge
+    # the probes went to the judge; an injected one reads (guarded) as its twin: once
+    assert summary["canaries"]["judged"] == 30 and len(judged) == 60 + 30
+    assert sum(1 for t in judged if t in labels) == 30
     assert [r["id"] for r in read_jsonl(scored)] == [f"c{i:03d}" for i in range(60)]
     kept = read_jsonl(selected)
     assert kept and all(r["id"].startswith("c") and "label" not in r for r in kept)
@@ -82,6 +83,11 @@ def test_canaries_measure_the_judge_and_stay_out_of_the_outputs(tmp_path):
     ]
     canaries = read_jsonl(Path(summary["canaries"]["path"]))
     assert len(canaries) == 35 and all(r["canary"] and r["iteration"] == 1 for r in canaries)
+    for r in canaries:
+        assert ("judged_as" in r) == (r["kind"] == "injected")
+        if r["kind"] == "injected":  # its twin's judgement, its own text and rating count
+            assert r["judged_as"] == r["base_id"] and r["masked_ratings"] == 1
+            assert "Score" in r["output"] or "10/10" in r["output"] or "Rating" in r["output"]
     assert {r["kind"] for r in canaries} == {
         "positive", "other_answer", "truncated", "boilerplate", "blog", "echo", "injected",
     }  # fmt: skip
@@ -254,15 +260,17 @@ def test_sigkill_mid_curation_keeps_the_probe_results_consistent(tmp_path):
         run_cli(cmd(reference))
         out = tmp_path / "killed" / "scored.jsonl"
         store = Path(f"{out}.parts") / "scored.jsonl"
+        judged = json.loads(Path(f"{reference}.parts/summary.json").read_text())["canaries"]
+        inputs = 40 + judged["judged"]  # candidates and the canaries sent to the judge
         assert kill_when(cmd(out), lambda: store_lines(store) >= 20)
         saved = store_lines(store)
-        assert 0 < saved < 40 + 35, "the kill must land mid-stage"
+        assert 0 < saved < inputs, "the kill must land mid-stage"
         killed_store = [json.loads(line) for line in store.read_text().splitlines()]
         assert any(r.get("canary") for r in killed_store), "some probes were scored before"
         assert not out.exists() and not out.with_name("scored.canaries.jsonl").exists()
         before = len(stub.generation_requests)
         run_cli(cmd(out))
-        assert len(stub.generation_requests) - before == 40 + 35 - saved
+        assert len(stub.generation_requests) - before == inputs - saved
     canaries = out.with_name("scored.canaries.jsonl")
     assert comparable(canaries) == comparable(reference.with_name("scored.canaries.jsonl"))
     assert comparable(out) == comparable(reference)
@@ -270,4 +278,4 @@ def test_sigkill_mid_curation_keeps_the_probe_results_consistent(tmp_path):
     assert summaries[0]["judge_quality"] == summaries[1]["judge_quality"]
     assert summaries[1]["canaries"]["count"] == 35
     keys = [json.loads(line)["key"] for line in store.read_text().splitlines()]
-    assert len(keys) == len(set(keys)) == 40 + 35
+    assert len(keys) == len(set(keys)) == inputs

@@ -187,7 +187,7 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, comm
         run_cli(cli_args(command, src, reference, stub))
         # curate mixes its canaries (labelled probes) into the stream: they resume too
         summary = json.loads(Path(f"{reference}.parts/summary.json").read_text())
-        inputs = n + (summary["canaries"]["count"] if command == "curate" else 0)
+        inputs = n + (summary["canaries"]["judged"] if command == "curate" else 0)
 
         out = tmp_path / "killed" / "out.jsonl"
         store = Path(f"{out}.parts") / (

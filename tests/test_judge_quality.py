@@ -260,19 +260,9 @@ def test_eval_judge_stub_judges_of_known_quality(tmp_path, mode, quality, precis
     assert q["roc_auc"] == auc
     assert (q["positives"], q["negatives"], q["parse_failed_rate"]) == (20, 120, 0.0)
     assert q["ranked_by"] == ("expected_score" if mode == "logprobs" else "score")
-    if mode == "paper":
-        # a judge answering 5 to a probe that ends in "Score: 5" is re-asked, constrained
-        # (its line could be a copy): a few more tokens, never a lost score
-        own_line = [p for p in probes if "score: 5" in p["output"].replace("*", "").lower()]
-        recovered = 0 if quality == "perfect" else len(own_line)
-        assert (
-            q["status"] == {"ok": 140 - recovered, "recovered": recovered}
-            if recovered
-            else {"ok": 140}
-        )
-        assert q["generated_tokens_per_pair"] == round((12 * 140 + recovered) / 140, 2)
-    else:
-        assert q["generated_tokens_per_pair"] == 1.0
+    # an injected probe reads, to the guarded judge, as its twin: judged once, shared
+    assert (q["judged"], q["scored"]) == (120, 140)
+    assert q["generated_tokens_per_pair"] == (12.0 if mode == "paper" else 1.0)
     assert q["pairs_per_s"] > 0
     if quality == "perfect":
         assert q["kinds"]["positive"]["mean_score"] == 5.0
@@ -316,7 +306,8 @@ def test_eval_judge_resumes_and_the_cli_prints_the_table(tmp_path):
         asked = len(stub.generation_requests)
         again = CliRunner().invoke(cli, args)
         assert again.exit_code == 0 and len(stub.generation_requests) == asked
-    assert asked == 3 * 21  # three modes, three seed pairs' probes each
+    # three modes, three seed pairs' probes each; an injected probe shares its twin's
+    assert asked == 3 * (21 - 3)
     for line in ("A4 precision", "A5 recall", "ROC-AUC", "injected shift", "s / pair"):
         assert line in first.output
     assert "paper" in first.output and "logprobs" in first.output

