@@ -258,7 +258,9 @@ def judge_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     row("generated tokens / pair", lambda q: q["generated_tokens_per_pair"], 1)
     row("pairs / s", lambda q: q["pairs_per_s"])
     row("s / pair", lambda q: q["seconds_per_pair"], 3)
-    kinds = sorted({k for q in modes.values() for k in q["kinds"]}, key=lambda k: k != "positive")
+    kinds = sorted(
+        {k for q in modes.values() for k in q["kinds"]}, key=lambda k: (k != "positive", k)
+    )
     for kind in kinds:
         row(
             f"{kind}: mean (scores)",
