@@ -57,6 +57,13 @@ async def judge_pair(
     record = ScoredCandidate(
         **{**pair, **result, "scoring_mode": context.settings.mode, "iteration": iteration}
     ).model_dump()
+    return _with_masked_count(record, pair, context)
+
+
+def _with_masked_count(
+    record: dict[str, Any], pair: dict[str, Any], context: ScoringContext
+) -> dict[str, Any]:
+    """``record`` with ``masked_ratings``: the rating claims the guard hid from the judge."""
     if context.settings.injection_guard:
         masked = sum(mask_ratings(pair[field])[1] for field in ("instruction", "output"))
         if masked:
@@ -97,11 +104,7 @@ def shared_judgement(
     """``pair``'s record carrying the judgement of ``judged`` (same text to the judge)."""
     own = {k: v for k, v in judged.items() if k not in ("base_id", "masked_ratings")}
     record = {**own, **pair, "judged_as": judged["id"]}
-    if context.settings.injection_guard:
-        masked = sum(mask_ratings(pair[field])[1] for field in ("instruction", "output"))
-        if masked:
-            record["masked_ratings"] = masked
-    return record
+    return _with_masked_count(record, pair, context)
 
 
 def expand_shared(
