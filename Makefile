@@ -36,6 +36,7 @@ bench: setup
 	python bench/bench_segment.py
 	python bench/bench_extraction.py
 	python bench/bench_generation.py
+	python bench/bench_judge.py
 
 clean:
 	rm -rf .venv .humpback runs

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_server import server_for
 
 from humpback_plugin.cli import pm
 from humpback_plugin.core.client import ClientConfig
@@ -262,14 +263,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
-        if args.base_url:
-            base_url, model = args.base_url, args.model
-        else:
-            from humpback_plugin.vllm.server import running_server
-
-            state = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-server-"))
-            handle = stack.enter_context(running_server(port=0, state_dir=state))
-            base_url, model = handle.base_url, handle.model
+        base_url, model = server_for(args, stack)
         started = time.perf_counter()
         results = asyncio.run(run(args, base_url, model))
     print_table(results)

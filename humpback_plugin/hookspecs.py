@@ -167,7 +167,24 @@ def register_selectors(register: Any) -> None:
 
     ``register(name, selector)`` with ``selector(scored: list[dict], options) -> list[dict]``.
     Built-ins: ``threshold`` (score >= k, or expected score >= a fractional k),
-    ``quantile`` (top fraction) and ``target_yield``.
+    ``quantile`` (top fraction), ``target_yield`` and ``calibrated`` (the lowest cut
+    whose precision on the run's canaries reaches ``target_precision``). ``options`` also
+    holds ``canaries``: the run's scored probes (``label``, ``kind``, ``score``,
+    ``expected_score``), for selectors that calibrate on them.
+    """
+
+
+@hookspec
+def register_probe_kinds(register: Any) -> None:
+    """Register kinds of labelled negative probes (judge-quality canaries).
+
+    ``register(name, make)`` where ``make(pair, ctx) -> str | None`` returns a degraded
+    answer to ``pair["instruction"]`` that the Table 1 rubric should score low (``None``
+    skips the pair). ``ctx.rng`` is a random stream seeded by the probe seed, the kind and
+    the pair, so probes are the same on every run; ``ctx.pairs`` holds every seed pair;
+    ``ctx.derive(kind)`` returns another kind's answer for the same pair (recorded as the
+    probe's un-degraded twin, ``base_id``). Built-ins: ``other_answer``, ``truncated``,
+    ``boilerplate``, ``blog``, ``echo``, ``injected`` (see ``stages/curate/probes.py``).
     """
 
 

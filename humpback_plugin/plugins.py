@@ -40,6 +40,7 @@ COMPONENT_KINDS = {
     "register_instruction_filters": "instruction filter",
     "register_scorers": "scorer",
     "register_selectors": "selector",
+    "register_probe_kinds": "probe kind",
     "register_exporters": "export format",
     "register_prompt_templates": "prompt template",
 }

@@ -136,8 +136,9 @@ def test_curate_real_scores_every_pair(mode, tmp_path, client_config):
         tmp_path / "scored.jsonl",
         client_config=client_config,
         selected_path=tmp_path / "selected.jsonl",
-        # a 135M judge rambles: keep the paper mode short; unparsed answers are recovered
-        settings=CurateConfig(mode=mode, max_tokens=24),
+        # a 135M judge rambles: keep the paper mode short; unparsed answers are recovered.
+        # No canaries here: test_judge_real.py measures the judge on them.
+        settings=CurateConfig(mode=mode, max_tokens=24, canaries=False),
         show_progress=False,
     )
     rows = read_jsonl(tmp_path / "scored.jsonl")
@@ -171,7 +172,7 @@ def test_curate_real_context_length_error_is_a_failure(tmp_path, client_config):
         pairs,
         tmp_path / "scored.jsonl",
         client_config=client_config,
-        settings=CurateConfig(mode="constrained"),
+        settings=CurateConfig(mode="constrained", canaries=False),
         show_progress=False,
     )
     assert summary["failed_by_reason"] == {"http_400": 1}

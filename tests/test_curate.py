@@ -31,6 +31,10 @@ PAIRS = [
 ]
 
 
+# These tests drive the judge's answers pair by pair: no probes mixed in (test_canaries.py).
+NO_CANARIES = CurateConfig(canaries=False)
+
+
 def write_candidates(path: Path, pairs=PAIRS) -> Path:
     path.write_text(
         "".join(
@@ -98,7 +102,7 @@ def test_paper_mode_parses_recovers_and_is_not_fooled(tmp_path):
             scored_path,
             client_config=config(stub),
             selected_path=selected_path,
-            settings=CurateConfig(mode="paper", selector="threshold", threshold=4),
+            settings=CurateConfig(canaries=False, mode="paper", selector="threshold", threshold=4),
             iteration=2,
             show_progress=False,
         )
@@ -146,7 +150,13 @@ def test_recovery_falls_back_to_a_fresh_request_when_continuation_is_refused(tmp
         return reply("no score here")
 
     with StubOpenAI(judge) as stub:
-        curate(cands, tmp_path / "s.jsonl", client_config=config(stub), show_progress=False)
+        curate(
+            cands,
+            tmp_path / "s.jsonl",
+            client_config=config(stub),
+            settings=NO_CANARIES,
+            show_progress=False,
+        )
     (row,) = read_jsonl(tmp_path / "s.jsonl")
     assert (row["score"], row["score_status"], row["judge_requests"]) == (2, "recovered", 3)
 
@@ -176,7 +186,7 @@ def test_constrained_mode(tmp_path):
             cands,
             tmp_path / "s.jsonl",
             client_config=config(stub),
-            settings=CurateConfig(mode="constrained"),
+            settings=CurateConfig(canaries=False, mode="constrained"),
             show_progress=False,
         )
     rows = read_jsonl(tmp_path / "s.jsonl")
@@ -193,7 +203,7 @@ def test_logprobs_mode_expected_score_and_fractional_threshold(tmp_path):
             tmp_path / "s.jsonl",
             client_config=config(stub),
             selected_path=tmp_path / "sel.jsonl",
-            settings=CurateConfig(mode="logprobs", threshold=4.2),
+            settings=CurateConfig(canaries=False, mode="logprobs", threshold=4.2),
             show_progress=False,
         )
     good, noscore = read_jsonl(tmp_path / "s.jsonl")
@@ -221,7 +231,7 @@ def test_prompts_share_the_rubric_prefix_and_cache_is_measured(tmp_path):
     with StubOpenAI(constrained_judge, metrics_text=metrics) as stub:
         summary = curate(
             cands, tmp_path / "s.jsonl", client_config=config(stub),
-            settings=CurateConfig(mode="constrained"), show_progress=False,
+            settings=CurateConfig(canaries=False, mode="constrained"), show_progress=False,
         )  # fmt: skip
         contents = [r.body["messages"][0]["content"] for r in stub.generation_requests]
     rubric = load_prompt("curation").text.split("{instruction}")[0]
@@ -251,7 +261,7 @@ def test_context_length_error_is_recorded_and_run_goes_on(tmp_path):
     with StubOpenAI(judge) as stub:
         summary = curate(
             cands, tmp_path / "s.jsonl", client_config=config(stub),
-            settings=CurateConfig(mode="constrained"), show_progress=False,
+            settings=CurateConfig(canaries=False, mode="constrained"), show_progress=False,
         )  # fmt: skip
     assert [r["instruction"] for r in read_jsonl(tmp_path / "s.jsonl")] == ["good", "outofrange"]
     assert summary["failed_by_reason"] == {"http_400": 1}
@@ -267,7 +277,7 @@ def test_resume_and_iteration_is_a_new_run(tmp_path):
             cands,
             out,
             client_config=config(stub),
-            settings=CurateConfig(mode="constrained"),
+            settings=CurateConfig(canaries=False, mode="constrained"),
             show_progress=False,
         )
         n = len(stub.generation_requests)
@@ -275,12 +285,13 @@ def test_resume_and_iteration_is_a_new_run(tmp_path):
             cands,
             out,
             client_config=config(stub),
-            settings=CurateConfig(mode="constrained"),
+            settings=CurateConfig(canaries=False, mode="constrained"),
             show_progress=False,
         )
         assert len(stub.generation_requests) == n and again["already_done"] == 2
         curate(
-            cands, out, client_config=config(stub), settings=CurateConfig(mode="constrained"),
+            cands, out, client_config=config(stub),
+            settings=CurateConfig(canaries=False, mode="constrained"),
             iteration=2, show_progress=False,
         )  # fmt: skip
         assert len(stub.generation_requests) == n + 2
@@ -291,7 +302,13 @@ def test_bad_candidate_line(tmp_path):
     cands = tmp_path / "c.jsonl"
     cands.write_text('{"instruction": "a", "output": "b"}\n{"instruction": 3}\n')
     with StubOpenAI(constrained_judge) as stub, pytest.raises(InputError, match=r"c.jsonl:2"):
-        curate(cands, tmp_path / "s.jsonl", client_config=config(stub), show_progress=False)
+        curate(
+            cands,
+            tmp_path / "s.jsonl",
+            client_config=config(stub),
+            settings=NO_CANARIES,
+            show_progress=False,
+        )
     assert not (tmp_path / "s.jsonl").exists()
 
 
@@ -314,7 +331,7 @@ def test_plugin_scorer_and_selector(tmp_path):
         with StubOpenAI() as stub:
             summary = curate(
                 cands, tmp_path / "s.jsonl", client_config=config(stub),
-                settings=CurateConfig(mode="by_length", selector="first"),
+                settings=CurateConfig(canaries=False, mode="by_length", selector="first"),
                 selected_path=tmp_path / "sel.jsonl", show_progress=False,
             )  # fmt: skip
             # the same plugin scorer and selector, picked by name on the command line
@@ -322,7 +339,7 @@ def test_plugin_scorer_and_selector(tmp_path):
                 cli,
                 ["curate", str(cands), "-o", str(tmp_path / "cli.jsonl"), "--selected",
                  str(tmp_path / "cli-sel.jsonl"), "--base-url", stub.base_url, "--model", "stub",
-                 "--mode", "by_length", "--selector", "first", "-q"],
+                 "--mode", "by_length", "--selector", "first", "--no-canaries", "-q"],
             )  # fmt: skip
     finally:
         pm.unregister(name="test-length-judge")
@@ -352,7 +369,7 @@ def test_cli_curate_target_yield(tmp_path):
             curate_command,
             [str(cands), "-o", str(tmp_path / "s.jsonl"), "--selected", str(tmp_path / "top.jsonl"),
              "--base-url", stub.base_url, "--model", "stub", "--mode", "constrained",
-             "--target-yield", "0.34", "--iteration", "1", "-q"],
+             "--target-yield", "0.34", "--iteration", "1", "--no-canaries", "-q"],
         )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert [r["instruction"] for r in read_jsonl(tmp_path / "top.jsonl")] == ["good"]

@@ -36,7 +36,7 @@ from click.testing import CliRunner
 
 from humpback_plugin.commands.augment import augment_command
 from humpback_plugin.core.client import ClientConfig
-from humpback_plugin.core.config import AugmentConfig
+from humpback_plugin.core.config import AugmentConfig, CurateConfig
 from humpback_plugin.core.errors import StageInterrupted
 from humpback_plugin.core.store import RecordStore
 from humpback_plugin.stages.augment.stage import augment
@@ -185,6 +185,9 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, comm
             assert len(read_jsonl(src)) == n
         reference = tmp_path / "reference" / "out.jsonl"
         run_cli(cli_args(command, src, reference, stub))
+        # curate mixes its canaries (labelled probes) into the stream: they resume too
+        summary = json.loads(Path(f"{reference}.parts/summary.json").read_text())
+        inputs = n + (summary["canaries"]["judged"] if command == "curate" else 0)
 
         out = tmp_path / "killed" / "out.jsonl"
         store = Path(f"{out}.parts") / (
@@ -192,7 +195,7 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, comm
         )
         assert kill_when(cli_args(command, src, out, stub), lambda: store_lines(store) >= 8)
         saved = store_lines(store)
-        assert 0 < saved < n, "the kill must land mid-stage"
+        assert 0 < saved < inputs, "the kill must land mid-stage"
         assert not out.exists() and leftovers(out.parent) == []
         if where == "store_write":
             tear_last_line(store)
@@ -200,11 +203,11 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, comm
         before = len(stub.generation_requests)
         proc = run_cli(cli_args(command, src, out, stub))
         resumed = len(stub.generation_requests) - before
-    redone = n - saved + (1 if where == "store_write" else 0)
+    redone = inputs - saved + (1 if where == "store_write" else 0)
     assert resumed == redone, "only the unfinished inputs are asked again"
     assert "done before (resumed)" in proc.stderr
     assert comparable(out) == comparable(reference)
-    assert_store_has_each_key_once(store, n)
+    assert_store_has_each_key_once(store, inputs)
 
 
 @pytest.mark.parametrize("command", ["augment", "curate"])
@@ -321,6 +324,9 @@ def test_fault_storm_gives_the_clean_result_and_counts_retries(tmp_path):
     # concurrency 4: the stub's listen backlog (5) never overflows into extra retries
     cfg = dict(concurrency=4, timeout_s=0.5, retry_deadline_s=60)
 
+    # One prompt, one request: no canaries, whose injected probes read (to the guarded
+    # judge) exactly as their twins do, so two requests would share one prompt's faults.
+    no_canaries = CurateConfig(canaries=False)
     with StubOpenAI(deterministic_answer) as stub:
         clean = ClientConfig(base_urls=[stub.base_url], model="stub", **cfg)
         augment(segments, tmp_path / "clean" / "c.jsonl", client_config=clean, show_progress=False)
@@ -328,6 +334,7 @@ def test_fault_storm_gives_the_clean_result_and_counts_retries(tmp_path):
             tmp_path / "clean" / "c.jsonl",
             tmp_path / "clean" / "s.jsonl",
             client_config=clean,
+            settings=no_canaries,
             selected_path=tmp_path / "clean" / "a4.jsonl",
             show_progress=False,
         )
@@ -343,6 +350,7 @@ def test_fault_storm_gives_the_clean_result_and_counts_retries(tmp_path):
             tmp_path / "storm" / "c.jsonl",
             tmp_path / "storm" / "s.jsonl",
             client_config=stormy,
+            settings=no_canaries,
             selected_path=tmp_path / "storm" / "a4.jsonl",
             show_progress=False,
         )

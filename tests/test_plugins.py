@@ -67,7 +67,10 @@ def test_plugins_all_lists_builtins_with_hooks_and_components_by_kind():
     assert "register_corpus_readers" in by_name["humpback_plugin.stages.corpus.hooks"]
     kinds = listed["components"]
     assert kinds["scorer"] == ["constrained", "logprobs", "paper"]
-    assert kinds["selector"] == ["quantile", "target_yield", "threshold"]
+    assert kinds["selector"] == ["calibrated", "quantile", "target_yield", "threshold"]
+    assert kinds["probe kind"] == [
+        "blog", "boilerplate", "echo", "injected", "other_answer", "truncated",
+    ]  # fmt: skip
     assert kinds["export format"] == ["chat_template", "instruction"]
     assert {"backtranslation", "curation"} <= set(kinds["prompt template"])
     assert {"warc", "html", "jsonl"} <= set(kinds["corpus reader"])

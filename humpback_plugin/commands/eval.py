@@ -20,6 +20,7 @@ from humpback_plugin.commands.common import (
     pop_client_config,
     print_summary,
 )
+from humpback_plugin.commands.eval_judge import judge_command, probes_command
 from humpback_plugin.core.config import (
     ENDPOINTS,
     SYSTEM_CONDITIONS,
@@ -44,6 +45,8 @@ def eval_group() -> None:
     2. compare   a judge model picks the better answer, both orders; win rate with a
                  bootstrap 95% interval, tie rate, lengths
     3. lm-eval   zero-shot multiple-choice accuracy (ARC, PIQA, SIQA, OBQA, MMLU...)
+    judge        how well a curation judge separates good pairs from bad (Table 7)
+    probes       the labelled probe set the judge is measured on
     `humpback run` does all three for M0, M1 and M2 when the run config has an `eval:`
     section.
     """
@@ -425,5 +428,11 @@ def print_lm_eval_summary(summary: dict[str, Any]) -> None:
     click.echo(f"lm-eval results -> {Path(summary['results_file'])}", err=True)
 
 
-for _subcommand in (generate_command, compare_command, lm_eval_command):
+for _subcommand in (
+    generate_command,
+    compare_command,
+    lm_eval_command,
+    judge_command,
+    probes_command,
+):
     eval_group.add_command(_subcommand)

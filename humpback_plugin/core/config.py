@@ -170,6 +170,27 @@ class CurateConfig(_Strict):
     prefill: bool = Field(True, description="constrained/logprobs: start the answer 'Score: '")
     top_logprobs: int = Field(20, ge=5, description="vLLM's default --max-logprobs")
     seed: int | None = None
+    # Judge quality: labelled probes mixed into every curation as canaries.
+    canaries: bool = Field(True, description="mix labelled probes into the stream")
+    canary_share: float = Field(0.03, ge=0, le=1, description="probes per candidate")
+    canary_min: int = Field(35, ge=0, description="at least this many (5 seed pairs' worth)")
+    canary_max: int = Field(700, ge=0, description="at most this many")
+    probes: str | None = Field(
+        None,
+        description="seed pairs to build probes from, or a labelled file; None: the run's "
+        "seed (humpback run), the built-in probe seed (humpback curate)",
+    )
+    probe_seed: int = Field(0, description="probe generation and canary order")
+    probe_kinds: list[str] | None = Field(None, description="negative kinds; None = all")
+    target_precision: float = Field(
+        0.8, gt=0, le=1, description="calibrated selector: precision on the canaries"
+    )
+    calibration_min_selected: int = Field(
+        3, ge=1, description="calibrated selector: a cut must select this many probes"
+    )
+    injection_guard: bool = Field(
+        True, description="remove score/rating claims from the text the judge reads"
+    )
 
     def selector_options(self, threshold: float | None = None) -> dict[str, Any]:
         """What the selector is given: the threshold and the yield/quantile settings."""
@@ -178,7 +199,21 @@ class CurateConfig(_Strict):
             options["target_yield"] = self.target_yield
         if self.quantile is not None:
             options["quantile"] = self.quantile
+        if self.selector == "calibrated":
+            options["target_precision"] = self.target_precision
         return options
+
+
+class JudgeEvalConfig(_Strict):
+    """`humpback eval judge`: the judge's quality on labelled probes, per scoring mode."""
+
+    modes: list[str] = Field(
+        default_factory=lambda: ["paper", "constrained", "logprobs"],
+        description="scoring modes compared side by side",
+    )
+    probe_groups: int | None = Field(
+        None, ge=1, description="use the first N seed pairs' probes (None: all)"
+    )
 
 
 class ExportConfig(_Strict):

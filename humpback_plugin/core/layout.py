@@ -10,6 +10,8 @@ directories with them: one definition, so they cannot drift apart.
       augment/candidates.jsonl, augment/candidates.rejected.jsonl, augment/candidates.jsonl.parts/
       backward/ m0/ m1/ ...      data/<role>.jsonl (+ .card.json), axolotl.yaml, model/, train.log
       curate_K/scored.jsonl, curate_K/curated.jsonl, curate_K/scored.jsonl.parts/
+      curate_K/scored.canaries.jsonl   the probes mixed in as canaries, scored (never a dataset)
+      eval/judge/MODEL/judge_eval.json `humpback eval judge --run`
       report/report.html, report/summary.md, report/audit_sample.jsonl
       eval/outputs/<name>/model_outputs.json   (name: m2, or m2.S_a for a tag-ablation run)
       eval/compare/<name>_vs_<baseline>/verdicts.jsonl, summary.json
@@ -19,6 +21,7 @@ directories with them: one definition, so they cannot drift apart.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +122,19 @@ class RunLayout:
 
     def curated(self, k: int) -> Path:
         return self.root / f"curate_{k}" / "curated.jsonl"
+
+    def canaries(self, k: int) -> Path:
+        """The labelled probes curate_K mixed into its stream, with their scores."""
+        return side_path(self.scored(k), "canaries")
+
+    @property
+    def judge_eval(self) -> Path:
+        """`humpback eval judge --run RUN_DIR` writes under here, a folder per judge model
+        (the report reads them all)."""
+        return self.root / "eval" / "judge"
+
+    def judge_eval_for(self, model: str) -> Path:
+        return self.judge_eval / (re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("._") or "model")
 
     @property
     def report_dir(self) -> Path:

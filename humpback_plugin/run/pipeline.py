@@ -271,6 +271,9 @@ class Pipeline:
         client_config = self._client_config(f"m{k - 1}")
         cfg = self.config.curate
         last = k == self.config.iterations and cfg.final_threshold is not None
+        # Canaries: probes built from the run's seed unless curate.probes names a file;
+        # every iteration mixes in the same ones, so M0's and M1's judges are compared.
+        probes = Path(cfg.probes) if cfg.probes else self.paths.seed
         summary = curate(
             self.paths.candidates,
             self.paths.scored(k),
@@ -279,11 +282,21 @@ class Pipeline:
             selected_path=self.paths.curated(k),
             iteration=k,
             threshold=cfg.final_threshold if last else None,
+            probes_path=probes,
+            canaries_path=self.paths.canaries(k),
         )
+        quality = summary.get("judge_quality")
+        if quality:
+            a4 = quality["a4"]
+            self.log(
+                f"      judge {client_config.model} on {quality['probes']} canaries: "
+                f"A4 precision {a4['precision']}, recall {a4['recall']}, "
+                f"ROC-AUC {quality['roc_auc']} (1 separates good from bad, 0.5 is chance)"
+            )
         self.manifest.finish(
             f"curate_{k}",
-            inputs=[self.paths.candidates],
-            outputs=[self.paths.scored(k), self.paths.curated(k)],
+            inputs=[self.paths.candidates] + ([probes] if cfg.canaries else []),
+            outputs=[self.paths.scored(k), self.paths.curated(k), self.paths.canaries(k)],
             stats=summary,
             iteration=k,
             model=client_config.model,

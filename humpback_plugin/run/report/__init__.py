@@ -1,10 +1,10 @@
 """The run report: one self-contained HTML page and a markdown summary of a run directory.
 
 :func:`build_report` reads the run (:mod:`.collect`), builds every table once
-(:mod:`.tables`), draws the plots (:mod:`.plots`, optional matplotlib) and renders the
-same tables to ``report.html`` (:mod:`.html`) and ``summary.md`` (:mod:`.markdown`), with
-a stratified sample for human audit in ``audit_sample.jsonl``. Works on a half-finished
-run and says what is missing.
+(:mod:`.tables`; the judge's quality: :mod:`.judge`), draws the plots (:mod:`.plots`,
+optional matplotlib) and renders the same tables to ``report.html`` (:mod:`.html`) and
+``summary.md`` (:mod:`.markdown`), with a stratified sample for human audit in
+``audit_sample.jsonl``. Works on a half-finished run and says what is missing.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from humpback_plugin.run.report.collect import (
 )
 from humpback_plugin.run.report.evaluation import EvalData, read_evaluation
 from humpback_plugin.run.report.html import render_html
+from humpback_plugin.run.report.judge import judge_plots, judge_section
 from humpback_plugin.run.report.markdown import md_table, render_markdown
 from humpback_plugin.run.report.outcome import outcome_plots, outcome_sections
 from humpback_plugin.run.report.plots import make_plots, plots_available
@@ -66,6 +67,7 @@ __all__ = [
     "render_html",
     "render_markdown",
     "sections",
+    "with_judge_section",
 ]
 
 
@@ -95,6 +97,13 @@ def audit_records(data: RunData) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def with_judge_section(report_sections: list[Section], data: RunData) -> list[Section]:
+    """The judge-quality section, placed right after the scores it explains."""
+    keys = [s.key for s in report_sections]
+    at = keys.index("scores") + 1 if "scores" in keys else len(report_sections)
+    return [*report_sections[:at], judge_section(data), *report_sections[at:]]
 
 
 @dataclass
@@ -142,8 +151,13 @@ def build_report(
     images = make_plots(data) if plots else {}
     if plots:
         images.update(outcome_plots(evaluation))
-    # The outcome first (funnel, did it work?), then configuration and details.
-    report_sections = [*outcome_sections(data, evaluation), *sections(data)]
+        images.update(judge_plots(data))
+    # The outcome first (funnel, did it work?), then configuration and details, the
+    # judge's quality beside the scores.
+    report_sections = [
+        *outcome_sections(data, evaluation),
+        *with_judge_section(sections(data), data),
+    ]
     # Both texts exist before either file is replaced: a failure leaves the old pair.
     page = render_html(data, report_sections, images, truncate_at=truncate_at)
     summary = render_markdown(data, report_sections)

@@ -19,6 +19,9 @@ Three scoring modes (registered on ``register_scorers``; pick with ``--mode``):
   of the mass; ``logprob_mass`` records what the top logprobs summed to before the
   renormalisation, so a server configured otherwise is visible in the data.
 
+In every mode the judge reads the pair without its score and rating claims ("Score: 5",
+"Rating: 5/5", "10/10"): see :mod:`.guard` (``injection_guard``).
+
 The old ``guided_*`` request fields are never sent: current vLLM ignores them silently.
 """
 
@@ -34,6 +37,7 @@ from humpback_plugin.core.client import Generation, OpenAIClient, RequestRejecte
 from humpback_plugin.core.config import CurateConfig
 from humpback_plugin.core.prompts import PromptTemplate, fill_template
 from humpback_plugin.core.runner import body_for_endpoint, send
+from humpback_plugin.stages.curate.guard import mask_ratings
 
 SCORES = ("1", "2", "3", "4", "5")
 SCORE_REGEX = "Score: [1-5]"
@@ -125,8 +129,17 @@ class ScoringContext:
     def endpoint(self) -> str:
         return self.settings.endpoint
 
+    def judged(self, candidate: dict[str, Any]) -> dict[str, str]:
+        """The instruction and answer as the judge reads them: with ``injection_guard``,
+        without their score and rating claims (see :mod:`.guard`)."""
+        fields = {"instruction": candidate["instruction"], "output": candidate["output"]}
+        if self.settings.injection_guard:
+            fields = {name: mask_ratings(text)[0] for name, text in fields.items()}
+        return fields
+
     def request(self, candidate: dict[str, Any]) -> dict[str, Any]:
-        return self.build_request(candidate["instruction"], candidate["output"], self.template.text)
+        judged = self.judged(candidate)
+        return self.build_request(judged["instruction"], judged["output"], self.template.text)
 
     def base_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"temperature": self.settings.temperature}
@@ -185,6 +198,8 @@ async def paper_scorer(
     if score is None:
         problem = "no_valid_score_on_last_line"
     elif echoes_candidate(judge_text, candidate):
+        # Checked against the pair as written, not only as the guarded judge read it: a
+        # judge that is told the pair some other way (a plugin's request) is caught too.
         score, problem = None, "score_line_copied_from_candidate"
     result: dict[str, Any] = {"judge_text": judge_text, "score_status": "ok", "score": score}
     if score is None:

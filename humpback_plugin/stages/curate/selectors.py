@@ -2,6 +2,18 @@
 
 A selector gets light records (key, id, score, expected_score, score_status) and returns
 the ones to keep; the curate stage then streams the full records of those keys.
+
+What each built-in does, on the ranking value (the expected score in ``logprobs`` mode,
+else the integer score):
+
+* ``threshold`` (the default, k = 4: the paper's A4): an integer k keeps score >= k, where
+  the score is the judge's own (``paper``), the constrained token (``constrained``) or the
+  most probable digit, ties to the lower one (``logprobs``): in every mode what greedy
+  decoding of the rubric answers. A fractional k (4.5, the paper's A5 definition) keeps
+  expected score >= k in ``logprobs`` mode.
+* ``calibrated`` (``--target-precision P``): the lowest cut whose precision on the run's
+  canaries reaches P; the cut is reported. Needs canaries.
+* ``target_yield`` / ``quantile``: a fixed share of the candidates, whatever their scores.
 """
 
 from __future__ import annotations
@@ -45,8 +57,20 @@ def quantile_selector(scored: list[dict[str, Any]], options: dict[str, Any]) -> 
     return [r for r in scored if (v := _rank_value(r)) is not None and v >= cut]
 
 
+def calibrated_selector(scored: list[dict[str, Any]], options: dict[str, Any]) -> list[dict]:
+    """Ranking value >= ``cut``: the lowest cut whose precision on the run's canaries
+    reached ``target_precision`` (chosen by the curate stage, see
+    :func:`~humpback_plugin.stages.curate.quality.calibrate`). No cut reached it: nothing
+    is selected, and the summary says how close the judge came."""
+    cut = options.get("cut")
+    if cut is None:
+        return []
+    return [r for r in scored if (v := _rank_value(r)) is not None and v >= cut]
+
+
 BUILTIN_SELECTORS = {
     "threshold": threshold_selector,
     "target_yield": target_yield_selector,
     "quantile": quantile_selector,
+    "calibrated": calibrated_selector,
 }

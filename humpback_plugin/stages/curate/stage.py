@@ -16,6 +16,11 @@ written too, so a different cut needs no new scoring.
 Iterations: M0 scores all candidates -> A_k(1) (``iteration=1``); M1 = base + seed +
 A_k(1) re-scores them -> A_k(2) (``iteration=2``); the iteration is recorded on every
 record and is part of the resume key.
+
+Canaries (:mod:`.canaries`): labelled probes are mixed into the stream; the scored and
+selected files are written from the candidates' keys only, the probes go to
+``<scored>.canaries.jsonl``, and the judge's precision, recall and ROC-AUC on them are in
+the summary (``judge_quality``). The ``calibrated`` selector takes its cut from them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncio
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
@@ -31,12 +37,31 @@ from humpback_plugin.core.config import CurateConfig
 from humpback_plugin.core.hashing import content_hash
 from humpback_plugin.core.jsonl_io import write_json_atomic
 from humpback_plugin.core.layout import work_dir_for
-from humpback_plugin.core.records import Candidate, ScoredCandidate, read_records
-from humpback_plugin.core.runner import count_lines, run_model_stage
+from humpback_plugin.core.records import Candidate, read_records
+from humpback_plugin.core.runner import run_model_stage
 from humpback_plugin.core.sharding import in_shard
 from humpback_plugin.core.store import RecordStore, finalize
-from humpback_plugin.plugins import load_template, pick, pm
-from humpback_plugin.stages.curate.scoring import ScoringContext
+from humpback_plugin.plugins import pick
+from humpback_plugin.stages.curate.canaries import (
+    calibration,
+    canaries_path_for,
+    canary_record,
+    count_candidates,
+    light,
+    plan_canaries,
+    quality_of,
+    scored_probes,
+    selection_predicate,
+    write_canaries,
+)
+from humpback_plugin.stages.curate.judging import (
+    decoding_of,
+    expand_shared,
+    judge_pair,
+    judged_once,
+    scoring_context,
+)
+from humpback_plugin.stages.curate.quality import expected_bins
 
 
 def iter_candidates(
@@ -58,18 +83,6 @@ def iter_candidates(
     for obj, _candidate in read_records(path, Candidate, "a candidate pair", prepare):
         if in_shard(obj["id"], shard):
             yield obj
-
-
-def scoring_context(settings: CurateConfig) -> ScoringContext:
-    """The judge's template and settings, with the request and parse hooks' answers."""
-    return ScoringContext(
-        template=load_template(settings.template, required=("instruction", "output")),
-        settings=settings,
-        build_request=lambda instruction, output, template: pm.hook.curation_request(
-            instruction=instruction, output=output, template=template
-        ),
-        parse=lambda text: pm.hook.parse_curation_score(text=text),
-    )
 
 
 def curate(
@@ -100,9 +113,13 @@ async def curate_async(
     show_progress: bool = True,
     client: OpenAIClient | None = None,
     shard: tuple[int, int] | None = None,
+    probes_path: str | os.PathLike | None = None,
+    canaries_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """``threshold`` overrides ``settings.threshold`` (the run's last iteration uses
-    ``final_threshold``)."""
+    ``final_threshold``). ``probes_path`` (seed pairs or a labelled file) overrides
+    ``settings.probes`` as the canaries' source; their scores go to ``canaries_path``
+    (default ``<scored>.canaries.jsonl``), never to the scored or selected files."""
     settings = settings or CurateConfig()
     mode = settings.mode
     scorer = pick("register_scorers", mode)
@@ -111,50 +128,82 @@ async def curate_async(
     context = scoring_context(settings)
     prompt = context.template
     work = work_dir_for(scored_path, work_dir)
-    decoding = {
-        "temperature": settings.temperature,
-        "max_tokens": settings.max_tokens if mode == "paper" else None,
-        "prefill": settings.prefill if mode != "paper" else None,
-        "seed": settings.seed,
-    }
-    run_id = content_hash(
-        "curate", prompt.sha256, client_config.model, settings.endpoint, mode, decoding, iteration
+    canaries_out = Path(canaries_path) if canaries_path else canaries_path_for(scored_path)
+    total = count_candidates(
+        candidates_path, shard, lambda: iter_candidates(candidates_path, shard)
     )
+    plan = plan_canaries(settings, total, shard, probes_path)
+    # Canaries the judge reads identically (an injected probe and its twin, guarded) are
+    # judged once; the other carries that judgement.
+    sent, alias = judged_once([canary_record(p) for p in plan.canaries], context)
+    plan.sent = sent
+    run_id = content_hash(
+        "curate", prompt.sha256, client_config.model, settings.endpoint, mode,
+        decoding_of(settings), iteration,
+    )  # fmt: skip
 
-    def key_of(candidate: dict[str, Any]) -> str:
+    def candidate_key(candidate: dict[str, Any]) -> str:
         return content_hash(run_id, candidate["id"])
 
+    def key_of(item: tuple[str, dict[str, Any]]) -> str:
+        role, record = item
+        return (
+            candidate_key(record)
+            if role == "candidate"
+            else content_hash(run_id, "canary", record["id"])
+        )
+
     async def score(
-        client: OpenAIClient, candidate: dict[str, Any], key: str
+        client: OpenAIClient, item: tuple[str, dict[str, Any]], key: str
     ) -> list[dict[str, Any]]:
-        result = await scorer(client, candidate, context)
-        record = ScoredCandidate(
-            **{**candidate, **result, "scoring_mode": mode, "iteration": iteration}
-        ).model_dump()
-        return [record]
+        return [await judge_pair(scorer, client, item[1], context, iteration)]
+
+    quality: dict[str, Any] = {}
 
     def finish(store: RecordStore) -> dict[str, Any]:
-        return _write_outputs(
-            candidates_path,
-            shard,
-            key_of,
-            store,
-            scored_path,
-            selected_path,
-            lambda rows: select(rows, dict(selector_options)),
+        probes = expand_shared(
+            scored_probes(store, [key_of(("canary", p)) for p in plan.sent]),
+            [canary_record(p) for p in plan.canaries],
+            alias,
+            context,
         )
+        lights = [light(p) for p in probes]
+        quality["calibration"] = calibration(settings, lights)
+        options = dict(selector_options)
+        if quality["calibration"] is not None:
+            options["cut"] = quality["calibration"]["cut"]
+        quality["options"] = options
+
+        def run_selector(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return select(rows, {**options, "canaries": lights})
+
+        counts = _write_outputs(
+            candidates_path, shard, candidate_key, store, scored_path, selected_path,
+            run_selector,
+        )  # fmt: skip
+        if plan.canaries:
+            counts["canaries_written"] = write_canaries(probes, canaries_out)
+            predicate = selection_predicate(
+                settings.selector,
+                select,
+                {**options, "canaries": lights},
+                lights,
+                counts["lowest_selected"],
+            )
+            quality["judge"] = quality_of(lights, predicate)
+        return counts
 
     result = await run_model_stage(
         name=f"curate ({mode})",
         client_config=client_config,
-        inputs=iter_candidates(candidates_path, shard),
+        inputs=plan.stream(iter_candidates(candidates_path, shard), settings.probe_seed),
         key_of=key_of,
-        input_id_of=lambda c: c["id"],
+        input_id_of=lambda item: item[1]["id"],
         work=score,
         finish=finish,
         work_dir=work,
         store_name="scored.jsonl",
-        total=count_lines(candidates_path),
+        total=total + len(plan.sent),
         preflight=preflight,
         retry_failed=retry_failed,
         show_progress=show_progress,
@@ -166,7 +215,7 @@ async def curate_async(
         "stage": "curate",
         "mode": mode,
         "iteration": iteration,
-        "candidates": stats.total_inputs,
+        "candidates": stats.total_inputs - len(plan.sent),
         "already_done": stats.already_done,
         "scored_this_run": scored_this_run,
         "scored": counts["scored"],
@@ -174,17 +223,23 @@ async def curate_async(
         "score_histogram": counts["histogram"],
         "score_status": counts["status"],
         "mean_expected_score": counts["mean_expected"],
+        "expected_bins": counts["expected_bins"],
+        "masked_ratings": counts["masked_ratings"],
         "selector": settings.selector,
-        "selector_options": selector_options,
+        "selector_options": {k: v for k, v in quality["options"].items() if k != "canaries"},
         "threshold": selector_options["threshold"],
         "selected": counts["selected"],
         "yield": round(counts["selected"] / counts["scored"], 4) if counts["scored"] else 0.0,
+        "canaries": plan.describe(canaries_out if plan.canaries else None),
+        "judge_quality": quality.get("judge"),
+        "calibration": quality["calibration"],
         **result.summary(client_config.model),
         "completion_tokens_per_pair": round(result.client.completion_tokens / scored_this_run, 2)
         if scored_this_run
         else None,
         "pairs_per_s": result.per_second(scored_this_run),
         "endpoint": settings.endpoint,
+        "injection_guard": settings.injection_guard,
         "template": prompt.path,
         "template_sha256": prompt.sha256,
         "scored_path": str(scored_path),
@@ -210,6 +265,7 @@ def _write_outputs(
     status: Counter = Counter()
     expected: list[float] = []
     light: list[dict[str, Any]] = []
+    masked: Counter = Counter()
 
     def scored() -> Iterator[dict[str, Any]]:
         for record in store.ordered(keys()):
@@ -219,6 +275,7 @@ def _write_outputs(
             status[record.get("score_status")] += 1
             if record.get("expected_score") is not None:
                 expected.append(record["expected_score"])
+            masked["pairs"] += 1 if record.get("masked_ratings") else 0
             light.append(
                 {
                     "key": record["key"],
@@ -231,7 +288,9 @@ def _write_outputs(
             yield {k: v for k, v in record.items() if k != "key"}
 
     n_scored = finalize(scored(), scored_path)
-    chosen = {r["key"] for r in select(light)}
+    picked = select(light)
+    chosen = {r["key"] for r in picked}
+    ranks = [v for r in picked if (v := _rank(r)) is not None]
     n_selected = 0
     if selected_path is not None:
         n_selected = finalize(
@@ -250,5 +309,13 @@ def _write_outputs(
         "histogram": {k: histogram[k] for k in ("1", "2", "3", "4", "5", "None") if histogram[k]},
         "status": dict(status),
         "mean_expected": round(sum(expected) / len(expected), 4) if expected else None,
+        "expected_bins": expected_bins({"expected_score": v} for v in expected),
+        "masked_ratings": masked["pairs"],
         "selected": n_selected,
+        "lowest_selected": min(ranks) if ranks else None,
     }
+
+
+def _rank(record: dict[str, Any]) -> float | None:
+    value = record.get("expected_score")
+    return value if value is not None else record.get("score")
