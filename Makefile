@@ -9,6 +9,9 @@ export WANDB_MODE := disabled
 export OMP_NUM_THREADS ?= 2
 # .venv-eval last: its lm_eval and alpaca_eval, never its python or humpback.
 export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.venv-axolotl/bin:$(PATH):$(CURDIR)/.venv-eval/bin
+# Named outright: Axolotl's venv has an lm_eval of its own, without the API extra (tenacity).
+export HUMPBACK_LM_EVAL_BIN ?= $(CURDIR)/.venv-eval/bin/lm_eval
+export HUMPBACK_ALPACA_EVAL_BIN ?= $(CURDIR)/.venv-eval/bin/alpaca_eval
 RUN_DIR ?= runs/demo
 
 .PHONY: setup demo test lint unit bench clean

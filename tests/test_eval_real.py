@@ -29,11 +29,14 @@ EVAL_BIN = ROOT / ".venv-eval" / "bin"  # built by scripts/setup.sh
 
 
 def _tool(monkeypatch: pytest.MonkeyPatch, env: str, name: str) -> None:
-    """Point the tool's variable at .venv-eval when it is not on PATH; skip or fail."""
-    if os.environ.get(env) or any(Path(d, name).exists() for d in os.environ["PATH"].split(":")):
+    """Point the tool's variable at .venv-eval (Axolotl's venv has an lm_eval without the
+    API extra); else the one on PATH; else skip or fail."""
+    if os.environ.get(env):
         return
     if (EVAL_BIN / name).exists():
         monkeypatch.setenv(env, str(EVAL_BIN / name))
+        return
+    if any(Path(d, name).exists() for d in os.environ["PATH"].split(":")):
         return
     if os.environ.get("HUMPBACK_REQUIRE_REAL"):
         pytest.fail(f"{name} not found (scripts/setup.sh builds .venv-eval)", pytrace=False)

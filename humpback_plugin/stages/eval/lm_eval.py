@@ -42,8 +42,8 @@ BIN_ENV = "HUMPBACK_LM_EVAL_BIN"
 INSTALL_HINT = (
     "lm-evaluation-harness is not installed. Install it with\n"
     "    pip install 'humpback-plugin[lm-eval]'\n"
-    "(into this environment, or a separate one: `bash scripts/setup_lmeval_env.sh "
-    ".venv-lmeval`, which `make setup` runs; then put .venv-lmeval/bin on PATH or set "
+    "(into this environment, or a separate one: `bash scripts/setup_eval_env.sh "
+    ".venv-eval`, which `make setup` runs; then put .venv-eval/bin on PATH or set "
     f"${BIN_ENV} to its lm_eval)"
 )
 SUMMARY_NAME = "summary.json"
