@@ -106,6 +106,12 @@ def test_prompt_errors(tmp_path):
         ("What is the question of life?", "What is the question of life?"),
         ("A great question. A good question to answer is: What is X?", "What is X?"),
         ("Answer the following question: what is X?", "Answer the following question: what is X?"),
+        # An instruction that itself says "... query is:" keeps its start (issue 11).
+        (
+            "My SQL query is: SELECT * FROM t WHERE x = 1; why is it slow?",
+            "My SQL query is: SELECT * FROM t WHERE x = 1; why is it slow?",
+        ),
+        ("Query: What is X?", "What is X?"),
     ],
 )
 def test_postprocess_instruction(raw, clean):
@@ -131,6 +137,12 @@ def candidate(instruction, output="Some answer text " * 20, finish_reason="stop"
         ("The user should have asked about orchids", "stop", "meta_text"),
         ("I'm sorry, but I cannot help with that.", "stop", "refusal"),
         ("As an AI language model, I cannot know.", "stop", "refusal"),
+        ("As an AI, I don't have opinions.", "stop", "refusal"),
+        ("The most likely question is: how do I repot an orchid?", "stop", "meta_text"),
+        # Real instructions that look like meta text or a refusal (issue 11): kept.
+        ("What is the best question to ask at the end of a job interview?", "stop", None),
+        ("My teacher said the answer is 42, but I got 41. Who is right?", "stop", None),
+        ("As an AI researcher, which GPU should I buy for training?", "stop", None),
     ],
 )
 def test_instruction_filters(instruction, finish_reason, reason):
