@@ -10,8 +10,10 @@ from humpback_plugin.core.prompts import fill_template
 
 
 def backtranslation_messages(segment: Any, template: str) -> dict[str, Any]:
-    """The filled template as the only user turn (the server adds the chat template)."""
-    return {"messages": [{"role": "user", "content": fill_template(template, output=segment.text)}]}
+    """The filled template as the only user turn (the server adds the chat template). The
+    file's final newline is not part of the turn: BF's prompt ends "... Assistant. [/INST]"."""
+    content = fill_template(template, output=segment.text).strip()
+    return {"messages": [{"role": "user", "content": content}]}
 
 
 # "Question:", "**Instruction:**", "Here is a possible question:", "The user should have
