@@ -66,6 +66,9 @@ class ClientSettings(_Strict):
         600.0, ge=0, description="give up (resumable) after retrying a server this long"
     )
     max_retries: int | None = Field(None, description="None: retry until the deadline")
+    template_check: bool = Field(
+        True, description="check the server applies the model's training chat template"
+    )
 
 
 class ServingConfig(ClientSettings):
