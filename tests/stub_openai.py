@@ -42,6 +42,15 @@ from typing import Any
 
 from humpback_plugin.core.chat_template import TrainingTemplate
 
+# A ChatML template with a default system turn, as SmolLM2's own: what a server started
+# without --chat-template applies to an adapter trained with [INST] (tests of the check).
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
 
 @dataclass
 class StubRequest:

@@ -14,16 +14,12 @@ from click.testing import CliRunner
 from humpback_plugin.axolotl.training import stamp_path, train
 from humpback_plugin.cli import cli
 from humpback_plugin.core.layout import stage_names
-from tests.stub_openai import StubOpenAI
+from tests.stub_openai import CHATML_TEMPLATE, StubOpenAI
 from tests.test_pipeline import make_config, stub_handler
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA2 = ROOT / "axolotl_configs" / "chat_templates" / "llama2_inst.jinja"
-CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
-    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHATML = CHATML_TEMPLATE
 
 
 @pytest.fixture

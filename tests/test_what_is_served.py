@@ -21,17 +21,11 @@ from humpback_plugin.core.errors import InputError, TemplateMismatch
 from humpback_plugin.core.store import RecordStore, ScopedStore
 from humpback_plugin.stages.augment.stage import augment
 from humpback_plugin.stages.curate.stage import curate
-from tests.stub_openai import StubOpenAI, reply
+from tests.stub_openai import CHATML_TEMPLATE, StubOpenAI, reply
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA2 = ROOT / "axolotl_configs" / "chat_templates" / "llama2_inst.jinja"
-# A ChatML server template with a default system turn, as SmolLM2's own.
-CHATML = (
-    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHATML = CHATML_TEMPLATE
 TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
 SEGMENT_TEXT = "Orchids need a loose bark mix, not soil. " * 20
 

@@ -32,7 +32,12 @@ from humpback_plugin.axolotl.training import is_trained, train
 from humpback_plugin.core.client import ClientConfig, load_api_key
 from humpback_plugin.core.config import ClientSettings, RunConfig, dump_config
 from humpback_plugin.core.console import Say, say
-from humpback_plugin.core.errors import TemplateMismatch, TrainingPending, UsageError
+from humpback_plugin.core.errors import (
+    HumpbackError,
+    TemplateMismatch,
+    TrainingPending,
+    UsageError,
+)
 from humpback_plugin.core.hashing import content_hash
 from humpback_plugin.core.layout import RunLayout, stage_names
 from humpback_plugin.core.manifest import Manifest
@@ -378,7 +383,11 @@ class Pipeline:
         for name in self.stages:
             entry = self.manifest.data["stages"].get(name, {})
             status = entry.get("status", "pending")
-            if status == "done" and (reason := self.stale_reason(name)):
+            try:
+                reason = self.stale_reason(name) if status == "done" else None
+            except HumpbackError as exc:  # e.g. a prompt template that is gone
+                reason = str(exc)
+            if reason:
                 status = f"stale ({reason})"
             outputs = entry.get("outputs", [])
             rows.append(
