@@ -326,11 +326,12 @@ async def template_report(
     if not config.chat_template:
         return {"checked": False, "why": "no training template given (--chat-template)"}
     template = load_training_template(config.chat_template)
+    source = Path(config.chat_template)
+    jinja = source / "chat_template.jinja" if source.is_dir() else source
     fix = (
-        f"restart vLLM with --chat-template {config.chat_template}"
-        if str(config.chat_template).endswith(".jinja")
-        else f"restart vLLM with --chat-template FILE, FILE holding the template of "
-        f"{config.chat_template}"
+        f"restart vLLM with --chat-template {jinja}"
+        if jinja.suffix == ".jinja" and jinja.is_file()
+        else f"restart vLLM with --chat-template FILE, FILE holding the template of {source}"
     )
     return {"checked": True, **await check_chat_template(client, template, fix=fix)}
 

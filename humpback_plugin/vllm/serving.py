@@ -70,12 +70,8 @@ class EmbeddedServing:
                 raise ServerError(f"no trained model for {role} at {trained}")
             full_model = trained
         template = hashlib.sha256(chat_template.read_bytes()).hexdigest() if chat_template else None
-        key = (
-            str(full_model),
-            tuple(sorted((n, str(p)) for n, p in adapters.items())),
-            str(chat_template),
-            template,
-        )
+        # The same template text under another role's path needs no restart.
+        key = (str(full_model), tuple(sorted((n, str(p)) for n, p in adapters.items())), template)
         if self.handle is not None and key == self._key:
             return [self.handle.base_url], role
         self.close()
