@@ -19,6 +19,7 @@ from humpback_plugin.plugins import pm
 BUILTIN_COMMANDS = {
     "run": "humpback_plugin.commands.run:run_command",
     "status": "humpback_plugin.commands.run:status_command",
+    "serve-command": "humpback_plugin.commands.serve_command:serve_command_command",
     "seed": "humpback_plugin.commands.seed:seed_command",
     "segment": "humpback_plugin.commands.segment:segment_command",
     "augment": "humpback_plugin.commands.augment:augment_command",

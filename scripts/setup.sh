@@ -15,6 +15,9 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 export PYTHON
 export HUMPBACK_HOME=${HUMPBACK_HOME:-$PWD/.humpback}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# setuptools announces every editable install with a boxed note ("Editable installation.
+# Please be careful with folders ..."): information, not a problem; keep it off the screen.
+export PYTHONWARNINGS="ignore:Editable installation"
 
 want_server=1
 want_axolotl=1

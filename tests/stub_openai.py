@@ -18,8 +18,14 @@ A handler gets a :class:`StubRequest` and returns a :class:`StubResponse` (``rep
 builds a normal completion; ``StubResponse(status=400, json={...})`` an error;
 ``delay``, ``truncate`` and ``reset`` inject faults). ``handler`` may also be a list of
 responses, consumed in order (the last one repeats). ``GET /v1/models`` lists
-``models``; ``GET /metrics`` returns ``metrics_text`` (a string or a
-function returning one).
+``models``, each with the ``root`` (its weights) given in ``roots`` (change
+``stub.roots`` to swap the weights behind a name); ``GET /metrics`` returns
+``metrics_text`` (a string or a function returning one).
+
+With ``chat_template`` (jinja text) the stub answers vLLM's ``POST /tokenize`` (a
+``prompt``, or ``messages`` rendered with that template and ``special_tokens``) and
+``POST /detokenize`` with a character tokenizer (a special token is one id); without
+it those paths answer 404, as a server that is not vLLM.
 """
 
 from __future__ import annotations
@@ -33,6 +39,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from humpback_plugin.core.chat_template import TrainingTemplate
+
+# A ChatML template with a default system turn, as SmolLM2's own: what a server started
+# without --chat-template applies to an adapter trained with [INST] (tests of the check).
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 @dataclass
@@ -112,6 +129,9 @@ class StubOpenAI:
         handler: Handler | list[StubResponse] | None = None,
         models: tuple[str, ...] = ("stub",),
         metrics_text: str | Callable[[], str] | None = None,
+        roots: dict[str, str] | None = None,
+        chat_template: str | None = None,
+        special_tokens: dict[str, str] | None = None,
     ) -> None:
         if handler is None:
             handler = lambda req: reply("stub answer")  # noqa: E731
@@ -127,6 +147,9 @@ class StubOpenAI:
         self.handler: Handler = handler
         self.models = models
         self.metrics_text = metrics_text
+        self.roots = dict(roots or {})
+        self.chat_template = chat_template
+        self.special_tokens = dict(special_tokens or {})
         self.requests: list[StubRequest] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -136,7 +159,52 @@ class StubOpenAI:
     @property
     def generation_requests(self) -> list[StubRequest]:
         """Requests to the completion endpoints, without preflight's test completion."""
-        return [r for r in self.requests if r.method == "POST" and r.body.get("prompt") != "Hello"]
+        return [
+            r
+            for r in self.requests
+            if r.method == "POST"
+            and r.path.endswith("/completions")
+            and r.body.get("prompt") != "Hello"
+        ]
+
+    # -- vLLM's tokenizer endpoints (a character tokenizer)
+
+    def _token_ids(self, text: str) -> list[int]:
+        specials = sorted(set(self.special_tokens.values()), key=len, reverse=True)
+        ids, i = [], 0
+        while i < len(text):
+            hit = next((t for t in specials if t and text.startswith(t, i)), None)
+            if hit:
+                ids.append(100 + sorted(set(self.special_tokens.values())).index(hit))
+                i += len(hit)
+            else:
+                ids.append(1000 + ord(text[i]))
+                i += 1
+        return ids
+
+    def _text_of(self, ids: list[int]) -> str:
+        specials = sorted(set(self.special_tokens.values()))
+        return "".join(specials[t - 100] if t < 1000 else chr(t - 1000) for t in ids)
+
+    def _tokenizer_endpoint(self, req: StubRequest) -> tuple[int, Any]:
+        if self.chat_template is None:
+            return 404, {"detail": "Not Found"}
+        body = req.body
+        if req.path == "/detokenize":
+            return 200, {"prompt": self._text_of(body["tokens"])}
+        if "messages" in body:
+            template = TrainingTemplate(self.chat_template, "stub", self.special_tokens)
+            text = template.render(
+                body["messages"],
+                add_generation_prompt=body.get("add_generation_prompt", True),
+                continue_final_message=body.get("continue_final_message", False),
+            )
+            add_bos = body.get("add_special_tokens", False)
+        else:
+            text, add_bos = body["prompt"], body.get("add_special_tokens", True)
+        bos = self.special_tokens.get("bos_token")
+        ids = (self._token_ids(bos) if add_bos and bos else []) + self._token_ids(text)
+        return 200, {"count": len(ids), "max_model_len": 4096, "tokens": ids}
 
     # -- lifecycle
 
@@ -154,7 +222,10 @@ class StubOpenAI:
                 if self.path.rstrip("/") == "/v1/models":
                     data = {
                         "object": "list",
-                        "data": [{"id": m, "object": "model"} for m in stub.models],
+                        "data": [
+                            {"id": m, "object": "model", "root": stub.roots.get(m), "parent": None}
+                            for m in stub.models
+                        ],
                     }
                     self._send(200, json.dumps(data).encode())
                 elif self.path == "/metrics" and stub.metrics_text is not None:
@@ -173,6 +244,13 @@ class StubOpenAI:
                     body = {"_raw": raw.decode("utf-8", "replace")}
                 req = StubRequest("POST", self.path, body)
                 stub._record(req)
+                if self.path in ("/tokenize", "/detokenize"):
+                    try:
+                        status, data = stub._tokenizer_endpoint(req)
+                    except Exception as exc:  # as vLLM: a template error is a 400
+                        status, data = 400, {"error": {"message": str(exc), "code": 400}}
+                    self._send(status, json.dumps(data).encode())
+                    return
                 try:
                     resp = stub.handler(req)
                 except Exception as exc:  # a failing assertion in a handler: answer, do not hang

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ from humpback_plugin.core.client import ClientConfig
 from humpback_plugin.core.config import DEFAULT_INSTRUCTION_FILTERS, AugmentConfig
 from humpback_plugin.core.errors import InputError, StageInterrupted, UnknownComponent
 from humpback_plugin.core.prompts import PACKAGE_DIR, load_prompt
+from humpback_plugin.core.records import Segment
 from humpback_plugin.hookspecs import hookimpl
 from humpback_plugin.plugins import build, pm
 from humpback_plugin.stages.augment.instruction_filters import first_rejection
 from humpback_plugin.stages.augment.instructions import clean_instruction
 from humpback_plugin.stages.augment.stage import augment
+from tests.conftest import shared_file
 from tests.stub_openai import StubOpenAI, StubResponse, error, reply
 
 SEGMENTS = [
@@ -71,7 +74,22 @@ def by_header(req) -> StubResponse:
 def test_backtranslation_template_loads_with_hash():
     prompt = load_prompt("backtranslation", required=("output",))
     assert "{output}" in prompt.text and len(prompt.sha256) == 64
-    assert prompt.fill(output="X {instruction} {output}").endswith("X {instruction} {output}\n")
+    assert "X {instruction} {output}\n" in prompt.fill(output="X {instruction} {output}")
+
+
+def test_backtranslation_prompt_is_the_follow_up_papers():
+    """BF's backward prompt (paper-facts section 2), its closing line included; the
+    [INST] ... [/INST] wrapper is the chat template's, so the user turn is the text inside."""
+    facts = shared_file("docs/paper-facts.md").read_text()
+    section = facts.split("## 2.", 1)[1].split("## 3.", 1)[0]
+    quoted = " ".join(re.search(r"BF \(same group\) used: `(.*?)`", section, re.S).group(1).split())
+    inside = quoted.removeprefix("[INST] ").removesuffix(" [/INST]").replace("\\n", "\n")
+    request = pm.hook.backtranslation_request(
+        segment=Segment(id="s", text="<response>", source="t"),
+        template=load_prompt("backtranslation", required=("output",)).text,
+    )
+    assert request == {"messages": [{"role": "user", "content": inside}]}
+    assert inside.endswith("<response>\n\nAnswer in the style of an AI Assistant.")
 
 
 def test_package_reaches_the_repo_prompts():
@@ -106,6 +124,12 @@ def test_prompt_errors(tmp_path):
         ("What is the question of life?", "What is the question of life?"),
         ("A great question. A good question to answer is: What is X?", "What is X?"),
         ("Answer the following question: what is X?", "Answer the following question: what is X?"),
+        # An instruction that itself says "... query is:" keeps its start (issue 11).
+        (
+            "My SQL query is: SELECT * FROM t WHERE x = 1; why is it slow?",
+            "My SQL query is: SELECT * FROM t WHERE x = 1; why is it slow?",
+        ),
+        ("Query: What is X?", "What is X?"),
     ],
 )
 def test_postprocess_instruction(raw, clean):
@@ -131,6 +155,12 @@ def candidate(instruction, output="Some answer text " * 20, finish_reason="stop"
         ("The user should have asked about orchids", "stop", "meta_text"),
         ("I'm sorry, but I cannot help with that.", "stop", "refusal"),
         ("As an AI language model, I cannot know.", "stop", "refusal"),
+        ("As an AI, I don't have opinions.", "stop", "refusal"),
+        ("The most likely question is: how do I repot an orchid?", "stop", "meta_text"),
+        # Real instructions that look like meta text or a refusal (issue 11): kept.
+        ("What is the best question to ask at the end of a job interview?", "stop", None),
+        ("My teacher said the answer is 42, but I got 41. Who is right?", "stop", None),
+        ("As an AI researcher, which GPU should I buy for training?", "stop", None),
     ],
 )
 def test_instruction_filters(instruction, finish_reason, reason):

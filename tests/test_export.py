@@ -65,7 +65,7 @@ def test_backward_reverses_pairs_with_the_augment_prompt(seed: Path, tmp_path: P
     template = load_prompt(DEFAULT_BACKTRANSLATION_TEMPLATE)
     assert len(rows) == 5
     assert rows[0]["messages"] == [
-        {"role": "user", "content": template.fill(output="Answer number 0.")},
+        {"role": "user", "content": template.fill(output="Answer number 0.").strip()},
         {"role": "assistant", "content": "Question 0?"},
     ]
     card = read_card(result.path)

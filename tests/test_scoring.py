@@ -40,6 +40,12 @@ from humpback_plugin.stages.curate.selectors import (
         ("Reasoning.\nScore: 0", None),
         ("Reasoning.\nScore: 6", None),
         ("Reasoning.\nScore: 4.5", None),
+        # another scale is not the rubric's (issue 11): 5/10 is not 5
+        ("Reasoning.\nScore: 5/10", None),
+        ("Reasoning.\nScore: 4 out of 10", None),
+        ("Reasoning.\n5/10", None),
+        ("Reasoning.\nScore: 5/10, i.e. Score: 3", 3),
+        ("Reasoning.\nScore: 5/5.0", 5),
         # a score line that is not last does not count
         ("Score: 5\nActually the answer is incomplete and rambles.", None),
         ("Score: 5\nScore: 10502", None),

@@ -55,6 +55,11 @@ def test_header_empty_or_upper():
     assert check(make(header="Growing Tomatoes")) is None
     assert check(make(header=None)) is None  # plain text without headers
     assert sf.header_empty_or_upper(require_header=True)(make(header=None)) == "no_header"
+    # Acronyms are not shouting; a long title set in capitals is a title.
+    assert check(make(header="GPU")) is None and check(make(header="TL;DR")) is None
+    assert check(make(header="HOW TO USE A WATER BATH CANNER")) is None
+    paper = sf.header_empty_or_upper(max_words=None)  # every all-uppercase header
+    assert paper(make(header="HOW TO USE A WATER BATH CANNER")) == "header_upper"
 
 
 def test_header_caps_ratio():
@@ -62,26 +67,40 @@ def test_header_caps_ratio():
     assert check(make(header="How To Grow Tomatoes In Pots")) is None
     assert check(make(header="NEWS Sports WEATHER")) == "header_caps"
     assert check(make(header="FAQ")) is None  # too few letters to judge
-    assert sf.header_caps_ratio(max_ratio=0.2)(make(header="How To Grow Tomatoes")) == "header_caps"
+    # Acronyms among ordinary words are not shouting (issue 11).
+    assert check(make(header="NASA and the ESA")) is None
+    assert check(make(header="VW ID. SPACE VIZZION Gallery")) is None
+    assert sf.header_caps_ratio(max_ratio=0.2)(make(header="ShOuTy HeAdEr HeRe")) == "header_caps"
 
 
 @pytest.mark.parametrize(
     "header",
     [
+        # The paper's examples (v3 appendix).
         "Advertisement",
         "Forum",
         "Quick Links",
         "Free Newsletter",
+        # Page furniture, with counts and punctuation.
         "Related Articles",
+        "0 Comments",
+        "Comments (12)",
+        "Share this:",
         "Leave a Comment",
+        "Leave a Reply Cancel reply",
         "Share",
         "Cookie settings",
         "Main Menu",
+        "The Verge main menu",
         "Sign up for our newsletter",
         "Copyright 2024",
         "Sponsored content",
         "Log in",
         "Search",
+        "More from Jason Cipriani",
+        "Most read in world news",
+        "Follow Vox online:",
+        "You may also like",
     ],
 )
 def test_nav_header_rejects(header):
@@ -95,6 +114,15 @@ def test_nav_header_rejects(header):
         "How to search a sorted array in logarithmic time",
         "Shareholders approve the merger",
         "A forum of world leaders met on climate change today",
+        # Titles that contain a navigation word (issue 11): whole labels only.
+        "The Best Chocolate Chip Cookie Recipe",
+        "How to Sign Up for Medicare",
+        "Copyright Law Basics for Photographers",
+        "How Comments Work in Python",
+        "Most Popular Baby Names of 2019",
+        "Related Work",
+        "Follow the Money",
+        "Share prices slump after the merger",
     ],
 )
 def test_nav_header_keeps(header):
@@ -102,8 +130,13 @@ def test_nav_header_keeps(header):
 
 
 def test_nav_header_options():
-    assert sf.nav_header(extra_phrases=["deals"])(make(header="Today's deals")) == "nav_header"
-    assert sf.nav_header(phrases=[], headers=[])(make(header="Advertisement")) is None
+    assert sf.nav_header(extra_labels=["Today's deals"])(make(header="Today's Deals")) == (
+        "nav_header"
+    )
+    assert sf.nav_header(extra_patterns=[r"^deals? of the day$"])(
+        make(header="Deal of the day")
+    ) == ("nav_header")
+    assert sf.nav_header(labels=[], patterns=[])(make(header="Advertisement")) is None
 
 
 def test_repetitive():

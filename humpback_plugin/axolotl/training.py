@@ -6,15 +6,19 @@ environment it needs on the machine at hand, and recognise a finished output dir
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from humpback_plugin.core.console import say
 from humpback_plugin.core.errors import TrainingFailed, TrainingPending
+from humpback_plugin.core.hashing import file_sha256
+from humpback_plugin.core.jsonl_io import write_json_atomic
 
 # Files Axolotl writes at the very end of a run, for a LoRA adapter or a full model.
 FINISHED_MARKERS = (
@@ -52,6 +56,29 @@ def axolotl_command(config_path: str | os.PathLike, axolotl_bin: str = "axolotl"
     return [exe, "train", str(config_path)]
 
 
+def stamp_path(output_dir: str | os.PathLike) -> Path:
+    """What a trained model was trained from, beside it: ``<output_dir>.trained-from.json``."""
+    out = Path(output_dir)
+    return out.with_name(f"{out.name}.trained-from.json")
+
+
+def _trained_from(config_path: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> dict:
+    files = [config_path, *inputs]
+    return {"inputs": {str(p): file_sha256(p) for p in files if Path(p).is_file()}}
+
+
+def _set_aside(output_dir: Path, why: str) -> None:
+    """Keep the previous model beside the new one (one generation), never delete it."""
+    previous = output_dir.with_name(f"{output_dir.name}.previous")
+    if previous.exists():
+        shutil.rmtree(previous)
+    output_dir.rename(previous)
+    # The stamp described that model: a model copied in next is taken as trained here.
+    if stamp_path(output_dir).exists():
+        stamp_path(output_dir).replace(stamp_path(previous))
+    say(f"  {output_dir} was {why}: moved to {previous}; training again")
+
+
 def train(
     config_path: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -61,10 +88,41 @@ def train(
     axolotl_bin: str = "axolotl",
     log_path: str | os.PathLike | None = None,
     poll_s: float = 10.0,
+    inputs: Sequence[str | os.PathLike] = (),
+    force: bool = False,
 ) -> str:
-    """Make sure ``output_dir`` holds a trained model; returns how ("done", "trained", ...)."""
-    if is_trained(output_dir):
-        return "already trained"
+    """Make sure ``output_dir`` holds a model trained from ``config_path`` and ``inputs``
+    (the dataset); returns how ("already trained", "trained", "trained elsewhere").
+
+    A model trained from other files (their sha256 is kept in :func:`stamp_path`), or any
+    model when ``force``, is moved to ``<output_dir>.previous`` and trained again; a
+    finished model without a stamp (trained elsewhere, copied in) is taken as it is."""
+    out = Path(output_dir)
+    wanted = _trained_from(config_path, inputs)
+    stamp = stamp_path(out)
+    if is_trained(out):
+        recorded = json.loads(stamp.read_text()) if stamp.exists() else None
+        if force:
+            _set_aside(out, "asked to train again (--from)")
+        elif recorded is not None and recorded != wanted:
+            _set_aside(out, "trained from another dataset or config")
+        else:
+            write_json_atomic(stamp, wanted)
+            return "already trained"
+    how = _run_or_wait(config_path, out, execute, wait, axolotl_bin, log_path, poll_s)
+    write_json_atomic(stamp, wanted)
+    return how
+
+
+def _run_or_wait(
+    config_path: str | os.PathLike,
+    output_dir: Path,
+    execute: bool,
+    wait: bool,
+    axolotl_bin: str,
+    log_path: str | os.PathLike | None,
+    poll_s: float,
+) -> str:
     cmd = axolotl_command(config_path, axolotl_bin)
     if execute:
         log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below

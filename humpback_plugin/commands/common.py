@@ -124,6 +124,25 @@ client_options = options(
         help="Resumable store of finished requests (default: <output>.parts/).",
     ),
     click.option("--no-preflight", is_flag=True, help="Skip the check that the server is up."),
+    click.option(
+        "--chat-template",
+        type=click.Path(exists=True),
+        help="The chat template MODEL was trained with: the trained output folder (Axolotl "
+        "saves the tokenizer and template there), its Axolotl config, or a .jinja file. "
+        "Before the first request the server's rendering of probe conversations is compared "
+        "with it, token by token (vLLM's /tokenize).",
+    ),
+    click.option(
+        "--skip-template-check",
+        is_flag=True,
+        default=not default(ClientSettings, "template_check"),
+        help="Do not stop when the server's chat template differs from --chat-template.",
+    ),
+    click.option(
+        "--model-revision",
+        help="Part of every cache key with what the server reports of MODEL's weights: "
+        "change it when other weights are served under the same name and path.",
+    ),
     click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
 )
 
@@ -135,6 +154,9 @@ def client_config(
     concurrency: int,
     timeout: float,
     retry_deadline: float,
+    chat_template: str | None = None,
+    skip_template_check: bool = False,
+    model_revision: str | None = None,
 ) -> ClientConfig:
     """The client options as a :class:`ClientConfig` (the key read from file or env)."""
     return ClientConfig(
@@ -144,19 +166,21 @@ def client_config(
         concurrency=concurrency,
         timeout_s=timeout,
         retry_deadline_s=retry_deadline,
+        chat_template=chat_template,
+        template_check=not skip_template_check,
+        model_revision=model_revision,
     )
+
+
+_CLIENT_OPTIONS = (
+    "base_urls", "model", "api_key_file", "concurrency", "timeout", "retry_deadline",
+    "chat_template", "skip_template_check", "model_revision",
+)  # fmt: skip
 
 
 def pop_client_config(kwargs: dict[str, Any]) -> ClientConfig:
     """Take the client options out of a command's keyword arguments."""
-    return client_config(
-        kwargs.pop("base_urls"),
-        kwargs.pop("model"),
-        kwargs.pop("api_key_file"),
-        kwargs.pop("concurrency"),
-        kwargs.pop("timeout"),
-        kwargs.pop("retry_deadline"),
-    )
+    return client_config(**{name: kwargs.pop(name) for name in _CLIENT_OPTIONS})
 
 
 shard_option = click.option(

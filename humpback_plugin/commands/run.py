@@ -28,7 +28,18 @@ from humpback_plugin.run.report import build_report
 )
 @click.option("--demo", is_flag=True, help="Small real run on the embedded vLLM and CPU Axolotl.")
 @click.option("--until", help="Stop after this stage.")
-@click.option("--from", "from_stage", help="Re-run from this stage (it and later ones).")
+@click.option(
+    "--from",
+    "from_stage",
+    help="Run this stage and every later one again, even if done (a retrained model is "
+    "moved to <role>/model.previous).",
+)
+@click.option(
+    "--skip-template-check",
+    is_flag=True,
+    help="Do not stop when a server's chat template differs from the one a model was "
+    "trained with (config: serving.template_check).",
+)
 @click.option("--train/--no-train", default=None, help="Run `axolotl train` ourselves.")
 @click.option(
     "--wait/--no-wait",
@@ -44,6 +55,7 @@ def run_command(
     from_stage: str | None,
     train: bool | None,
     wait: bool,
+    skip_template_check: bool,
 ) -> None:
     """Run the whole Humpback loop in RUN_DIR, resumably.
 
@@ -51,15 +63,20 @@ def run_command(
     Stages (see `humpback status RUN_DIR`):
       seed, segments, backward_data, train_backward, augment, m0_data, train_m0,
       curate_1, m1_data, train_m1, curate_2, m2_data
-    Re-running the same command continues where it stopped; a stage whose outputs
-    are on disk unchanged is skipped. Each stage's inputs, outputs (sha256, counts),
-    model and statistics are in RUN_DIR/manifest.json.
+    Re-running the same command continues where it stopped; a stage is skipped when
+    its outputs are on disk unchanged and its inputs and settings are those it ran
+    with, else it runs again (and a model is trained again when its dataset or config
+    changed). Each stage's inputs, outputs (sha256, counts), settings hash, model and
+    statistics are in RUN_DIR/manifest.json. Each trained model gets
+    RUN_DIR/ROLE/serve.sh: the `vllm serve` command that serves it with the chat
+    template it was trained with (`humpback serve-command RUN_DIR ROLE` prints it).
 
     \b
     Examples:
       humpback run --demo runs/demo            # small CPU run on the embedded vLLM
       humpback run -c my.yaml runs/r1 --until m0_data
       humpback run runs/r1 --train             # resume, running Axolotl here
+      humpback run runs/r1 --from curate_1     # curate_1 and everything after it again
     """
     t0 = time.monotonic()
     layout = RunLayout(run_dir)
@@ -74,6 +91,8 @@ def run_command(
         raise UsageError("give --config FILE (or --demo) for a new run directory")
     if train is not None:
         config.training.execute = train
+    if skip_template_check:
+        config.serving.template_check = False
     try:
         Pipeline(run_dir, config).run(until=until, from_stage=from_stage, wait_for_training=wait)
     except TrainingPending as exc:
@@ -84,6 +103,9 @@ def run_command(
     click.echo(f"\nFinished in {time.monotonic() - t0:.0f}s. Outputs: {run_dir}/", err=True)
     click.echo(f"  manifest:  {layout.manifest}", err=True)
     click.echo(f"  report:    {report or f'humpback report {run_dir}'}", err=True)
+    for role in ["backward"] + [f"m{k}" for k in range(config.iterations + 1)]:
+        if layout.serve_script(role).exists():
+            click.echo(f"  serve {role + ':':9} {layout.serve_script(role)}", err=True)
     if demo:
         click.echo(
             "  real scale: put your corpus and seed paths in a config (see README), set\n"

@@ -81,7 +81,7 @@ def _parse_filter_options(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     multiple=True,
     metavar="FILTER.OPTION=VALUE",
     help="Option of one filter, repeatable: -O length.min_chars=400 "
-    "-O nav_header.extra_phrases='[deals]' -O minhash.threshold=0.9",
+    "-O nav_header.extra_labels='[Deals of the day]' -O minhash.threshold=0.9",
 )
 @click.option(
     "--text-field",
@@ -181,11 +181,14 @@ def segment_command(
     \b
     Filters (cheap first; each rejected segment is counted under its first reason):
       length                 600-3,000 characters (paper)
-      header_empty_or_upper  empty or ALL-CAPS header (plain-text segments without a
-                             header pass unless -O header_empty_or_upper.require_header=true)
-      header_caps_ratio      more than half the header's letters are capitals
-      nav_header             navigation/advert headers (advertisement, forum, quick link,
-                             free newsletter, related articles, comments, share ...)
+      header_empty_or_upper  empty or ALL-CAPS header of up to 4 words (acronyms such as
+                             "GPU" pass; plain-text segments without a header pass unless
+                             -O header_empty_or_upper.require_header=true)
+      header_caps_ratio      more than half the header's letters are capitals past the
+                             first of a word ("NEWS Sports WEATHER"; acronyms pass)
+      nav_header             the header is a navigation label (advertisement, forum,
+                             quick links, free newsletter, related articles, 0 comments,
+                             "More from <author>" ...), not a title containing such a word
       repetitive             two sentences with 3-gram Jaccard similarity >= 0.8
       exact_dedup            same text (case and spacing ignored) seen before
       english                py3langid says English with probability >= 0.5

@@ -79,6 +79,12 @@ def install_cmd(home: Path | None, python: str | None, force: bool, device: str 
     metavar="NAME=PATH",
     help="PEFT LoRA adapter to serve as model NAME (repeatable).",
 )
+@click.option(
+    "--chat-template",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The jinja chat template the served models were trained with (vLLM applies it to "
+    "every chat request, adapters included); default: the base model's own.",
+)
 @click.option("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN, show_default=True)
 @click.option("--kv-cache-gib", type=int, default=DEFAULT_KV_CACHE_GIB, show_default=True)
 @click.option(
@@ -97,6 +103,7 @@ def start_cmd(
     model: str | None,
     served_model_name: str,
     loras: tuple[str, ...],
+    chat_template: str | None,
     max_model_len: int,
     kv_cache_gib: int,
     timeout: float,
@@ -106,7 +113,7 @@ def start_cmd(
     h = start_server(
         home, port=port, host=host, model=model, served_model_name=served_model_name,
         loras=loras, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib,
-        timeout=timeout, state_dir=state_dir, extra_args=extra_args,
+        timeout=timeout, state_dir=state_dir, extra_args=extra_args, chat_template=chat_template,
     )  # fmt: skip
     click.echo(f"url:    {h.base_url}")
     click.echo(f"models: {', '.join(h.served_model_names)}")

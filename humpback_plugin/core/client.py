@@ -52,6 +52,12 @@ class ClientConfig(ClientSettings):
     model: str
     # Never printed: excluded from repr and from dumps.
     api_key: str | None = Field(None, repr=False, exclude=True)
+    # Part of the model's identity in every cache key, with what the server reports of its
+    # weights (/models root and parent): change it when other weights hide behind one path.
+    model_revision: str | None = None
+    # The chat template the model was trained with (a trained model folder, an Axolotl
+    # config or a .jinja file): the template check compares the server's with it.
+    chat_template: str | None = None
 
     def make_client(self, **kwargs: Any) -> OpenAIClient:
         return OpenAIClient(self, **kwargs)
@@ -291,6 +297,44 @@ class OpenAIClient:
             )
         resp.raise_for_status()
         return [m["id"] for m in resp.json().get("data", [])]
+
+    async def model_card(self, url: str) -> dict[str, Any] | None:
+        """This model's entry in ``url``'s ``/models`` (vLLM: ``root`` = the weights' path,
+        ``parent`` = a LoRA adapter's base model), or None when it is not listed."""
+        data = await self._get_json(f"{url}/models")
+        return next((m for m in data.get("data", []) if m.get("id") == self.model), None)
+
+    async def tokenize(self, url: str, body: dict[str, Any]) -> list[int] | None:
+        """Token ids from vLLM's ``/tokenize`` for a ``prompt`` or ``messages`` body (the
+        server's chat template applied); None where the server has no such endpoint."""
+        data = await self._post_json(f"{url.removesuffix('/v1')}/tokenize", body)
+        return None if data is None else [int(t) for t in data["tokens"]]
+
+    async def detokenize(self, url: str, tokens: list[int]) -> str | None:
+        """The text of ``tokens`` from vLLM's ``/detokenize``; None where there is none."""
+        data = await self._post_json(f"{url.removesuffix('/v1')}/detokenize", {"tokens": tokens})
+        return None if data is None else str(data["prompt"])
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        try:
+            resp = await self._http.get(url, timeout=15.0)
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"{url}: {type(exc).__name__}") from exc
+        if resp.status_code >= 400:
+            raise RequestRejected(resp.status_code, _error_message(resp), url)
+        return resp.json()
+
+    async def _post_json(self, url: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """POST to a server endpoint outside the OpenAI API; None on 404 (not there)."""
+        try:
+            resp = await self._http.post(url, json={"model": self.model, **body}, timeout=60.0)
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"{url}: {type(exc).__name__}") from exc
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            raise RequestRejected(resp.status_code, _error_message(resp), url)
+        return resp.json()
 
     async def prefix_cache_counters(self) -> dict[str, dict[str, float] | None]:
         """vLLM's prefix-cache query/hit token counters per URL from ``/metrics`` (None where

@@ -53,6 +53,10 @@ class ServerUnavailable(ClientError):
     """No server answered within the retry budget; the stage stops and can resume later."""
 
 
+class TemplateMismatch(ClientError):
+    """The server renders chat requests differently from the model's training template."""
+
+
 class StageInterrupted(HumpbackError):
     """The stage stopped early; everything finished so far is saved and a re-run resumes."""
 

@@ -8,7 +8,8 @@ directories with them: one definition, so they cannot drift apart.
       seed/seed.jsonl
       segments/segments.jsonl, segments/rejected.jsonl
       augment/candidates.jsonl, augment/candidates.rejected.jsonl, augment/candidates.jsonl.parts/
-      backward/ m0/ m1/ ...      data/<role>.jsonl (+ .card.json), axolotl.yaml, model/, train.log
+      backward/ m0/ m1/ ...      data/<role>.jsonl (+ .card.json), axolotl.yaml, model/, train.log,
+                                 model.trained-from.json, chat_template.jinja, serve.sh
       curate_K/scored.jsonl, curate_K/curated.jsonl, curate_K/scored.jsonl.parts/
       curate_K/scored.canaries.jsonl   the probes mixed in as canaries, scored (never a dataset)
       eval/judge/MODEL/judge_eval.json `humpback eval judge --run`
@@ -116,6 +117,14 @@ class RunLayout:
 
     def train_log(self, role: str) -> Path:
         return self.root / role / "train.log"
+
+    def chat_template(self, role: str) -> Path:
+        """The chat template ``role`` was trained with, as the file vLLM is given."""
+        return self.root / role / "chat_template.jinja"
+
+    def serve_script(self, role: str) -> Path:
+        """The ``vllm serve`` command of the trained ``role`` for your own deployment."""
+        return self.root / role / "serve.sh"
 
     def scored(self, k: int) -> Path:
         return self.root / f"curate_{k}" / "scored.jsonl"

@@ -46,6 +46,29 @@ def file_info(path: str | os.PathLike, root: str | os.PathLike) -> dict[str, Any
     return info
 
 
+def input_info(path: str | os.PathLike, root: str | os.PathLike) -> dict[str, Any]:
+    """:func:`file_info` plus a file's size and modification time, so that a later check
+    re-reads only an input whose size or time changed (a 50 GB WARC is not hashed again
+    on every ``humpback run``)."""
+    info = file_info(path, root)
+    if Path(path).is_file():
+        st = Path(path).stat()
+        info.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return info
+
+
+def same_input(recorded: dict[str, Any], path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether ``path`` still holds what ``recorded`` (an :func:`input_info`) describes."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    if path.is_file():
+        st = path.stat()
+        if (recorded.get("size"), recorded.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
+            return True
+    return file_info(path, root)["sha256"] == recorded.get("sha256")
+
+
 def _rel(path: Path, root: str | os.PathLike) -> str:
     try:
         return str(path.resolve().relative_to(Path(root).resolve()))
@@ -103,7 +126,7 @@ class Manifest:
             status=status,
             finished_at=finished,
             elapsed_s=elapsed,
-            inputs=[file_info(p, self.run_dir) for p in inputs if Path(p).exists()],
+            inputs=[input_info(p, self.run_dir) for p in inputs if Path(p).exists()],
             outputs=[file_info(p, self.run_dir) for p in outputs if Path(p).exists()],
             stats=stats or {},
             **fields,
@@ -135,3 +158,24 @@ class Manifest:
             if file_info(path, self.run_dir)["sha256"] != out.get("sha256"):
                 return False
         return True
+
+    def stale_reason(
+        self, name: str, inputs: list[str | os.PathLike], settings_sha256: str
+    ) -> str | None:
+        """Why stage ``name`` must run again, or None when it is done with the same
+        inputs (paths and contents), the same settings and its outputs as recorded."""
+        entry = self.data["stages"].get(name) or {}
+        if entry.get("status") != "done":
+            return "not done"
+        if not self.is_done(name):
+            return "outputs changed"
+        if entry.get("settings_sha256") != settings_sha256:
+            return "settings changed"
+        recorded = {i.get("path"): i for i in entry.get("inputs", [])}
+        current = {_rel(Path(p), self.run_dir): Path(p) for p in inputs if Path(p).exists()}
+        if set(recorded) != set(current):
+            return "inputs changed"
+        for rel, path in current.items():
+            if not same_input(recorded[rel], path, self.run_dir):
+                return f"input changed: {rel}"
+        return None

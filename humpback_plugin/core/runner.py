@@ -11,8 +11,12 @@ module owns everything else:
   with the server's message, and the run goes on;
 * when no server answers within the client's retry budget, in-flight work is cancelled,
   what finished is already on disk, and :class:`StageInterrupted` says how to resume;
-* :func:`run_model_stage` adds the client, the preflight check, the work folder with its
-  store and failures file, vLLM's prefix-cache counters and the common summary fields.
+* :func:`run_model_stage` adds the client, the preflight check, the chat-template check,
+  the work folder with its store and failures file, vLLM's prefix-cache counters and the
+  common summary fields;
+* every key is scoped by the model's identity (:func:`model_identity`: the served name,
+  what the server reports of the weights, and the model revision), so a stage run against
+  other weights behind the same name sends its requests again instead of reusing answers.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from humpback_plugin.core.chat_template import load_training_template
 from humpback_plugin.core.client import (
     ClientConfig,
     ClientStats,
@@ -43,7 +48,9 @@ from humpback_plugin.core.client import (
     RequestRejected,
 )
 from humpback_plugin.core.errors import ClientError, ServerUnavailable, StageInterrupted
-from humpback_plugin.core.store import RecordStore
+from humpback_plugin.core.hashing import content_hash
+from humpback_plugin.core.store import RecordStore, ScopedStore
+from humpback_plugin.core.template_check import check_chat_template
 
 T = TypeVar("T")
 
@@ -94,8 +101,8 @@ async def run_stage(
     key_of: Callable[[T], str],
     input_id_of: Callable[[T], str],
     work: Callable[[T, str], Awaitable[list[dict[str, Any]]]],
-    store: RecordStore,
-    failures: RecordStore,
+    store: RecordStore | ScopedStore,
+    failures: RecordStore | ScopedStore,
     window: int = 64,
     total: int | None = None,
     show_progress: bool = True,
@@ -279,6 +286,56 @@ def _cache_delta(
     }
 
 
+async def _patiently(client: OpenAIClient, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` again while no server answers, for the client's retry deadline."""
+    started = time.monotonic()
+    while True:
+        try:
+            return await call()
+        except ServerUnavailable:
+            if time.monotonic() - started >= client.retry_deadline:
+                raise
+            await asyncio.sleep(min(2.0, max(client.retry_deadline / 10, 0.05)))
+
+
+async def model_identity(client: OpenAIClient, revision: str | None = None) -> dict[str, Any]:
+    """Who answers: the served name, the weights every URL reports for it (vLLM's
+    ``/models`` ``root``, and ``parent`` for a LoRA adapter) and ``revision``; ``key`` is
+    their hash, the scope of the stage's stored results."""
+    weights: list[dict[str, Any]] = []
+    for url in client.base_urls:
+        card = await _patiently(client, lambda url=url: client.model_card(url))
+        if card is None:
+            raise ClientError(f"model {client.model!r} is not served at {url}")
+        served = {"root": card.get("root"), "parent": card.get("parent")}
+        if served not in weights:
+            weights.append(served)
+    weights.sort(key=lambda w: (str(w["root"]), str(w["parent"])))
+    identity = {"model": client.model, "weights": weights, "revision": revision}
+    return {**identity, "key": content_hash(identity, length=12)}
+
+
+async def template_report(
+    client: OpenAIClient, config: ClientConfig, chat_endpoint: bool
+) -> dict[str, Any] | None:
+    """The chat-template check of the stage's model, or why it did not run."""
+    if not chat_endpoint:
+        return {"checked": False, "why": "the completions endpoint applies no chat template"}
+    if not config.template_check:
+        return {"checked": False, "why": "skipped (--skip-template-check)"}
+    if not config.chat_template:
+        return {"checked": False, "why": "no training template given (--chat-template)"}
+    template = load_training_template(config.chat_template)
+    source = Path(config.chat_template)
+    jinja = source / "chat_template.jinja" if source.is_dir() else source
+    fix = (
+        f"restart vLLM with --chat-template {jinja}"
+        if jinja.suffix == ".jinja" and jinja.is_file()
+        else f"restart vLLM with --chat-template FILE, FILE holding the template of {source}"
+    )
+    return {"checked": True, **await check_chat_template(client, template, fix=fix)}
+
+
 @dataclass
 class ModelStageResult:
     """What a model-calling stage did: the loop's counts, the final files' counts (what
@@ -293,6 +350,8 @@ class ModelStageResult:
     prefix_cache: dict[str, Any] | None
     preflight: dict[str, Any] | None
     elapsed_s: float
+    model_identity: dict[str, Any] | None = None
+    chat_template: dict[str, Any] | None = None
 
     def summary(self, model: str) -> dict[str, Any]:
         """The fields every model-calling stage reports."""
@@ -311,6 +370,8 @@ class ModelStageResult:
             "failures_path": str(self.work_dir / "failures.jsonl"),
             "work_dir": str(self.work_dir),
             "preflight": self.preflight,
+            "model_identity": self.model_identity,
+            "chat_template": self.chat_template,
         }
 
     def per_second(self, count: int | float) -> float:
@@ -325,7 +386,7 @@ async def run_model_stage(
     key_of: Callable[[T], str],
     input_id_of: Callable[[T], str],
     work: Callable[[OpenAIClient, T, str], Awaitable[list[dict[str, Any]]]],
-    finish: Callable[[RecordStore], dict[str, Any]],
+    finish: Callable[[ScopedStore], dict[str, Any]],
     work_dir: Path,
     store_name: str,
     total: int | None = None,
@@ -333,11 +394,14 @@ async def run_model_stage(
     retry_failed: bool = False,
     show_progress: bool = True,
     client: OpenAIClient | None = None,
+    chat_endpoint: bool = True,
 ) -> ModelStageResult:
     """Send every input not yet in ``work_dir/<store_name>`` through ``work(client, item,
     key)``, then let ``finish(store)`` write the stage's final files.
 
     ``client`` lets a caller share one client between stages (it is then not closed here).
+    ``chat_endpoint``: the stage sends chat requests, so the server's chat template must
+    be the training one (checked when ``client_config.chat_template`` names it).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -347,11 +411,20 @@ async def run_model_stage(
         if preflight:
             preflight_report = await the_client.preflight()
             the_client.stats = ClientStats()  # count the stage's own requests only
+        try:
+            identity = await model_identity(the_client, client_config.model_revision)
+        except ServerUnavailable as exc:
+            raise StageInterrupted(
+                f"{name}: no server answered ({exc}); re-run the same command to resume."
+            ) from exc
+        template = await template_report(the_client, client_config, chat_endpoint)
         before = await the_client.prefix_cache_counters()
         with (
-            RecordStore(work_dir / store_name) as store,
-            open_failures(work_dir, retry_failed) as failures,
+            RecordStore(work_dir / store_name) as own_store,
+            open_failures(work_dir, retry_failed) as own_failures,
         ):
+            store = ScopedStore(own_store, identity["key"])
+            failures = ScopedStore(own_failures, identity["key"])
             stats = await run_stage(
                 name=name,
                 inputs=inputs,
@@ -380,4 +453,6 @@ async def run_model_stage(
         prefix_cache=_cache_delta(before, after),
         preflight=preflight_report,
         elapsed_s=time.monotonic() - started,
+        model_identity=identity,
+        chat_template=template,
     )

@@ -138,6 +138,47 @@ class RecordStore:
         self.close()
 
 
+class ScopedStore:
+    """The records of one scope in a shared store: keys are written as ``<scope>:<key>``
+    and handed back without the prefix. The model-stage runner scopes every store by the
+    model's identity, so other weights behind the same served name never reuse results."""
+
+    def __init__(self, store: RecordStore, scope: str) -> None:
+        self.store = store
+        self.prefix = f"{scope}:"
+        self.path = store.path
+
+    def _own(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        key = None if record is None else record.get(self.store.key_field)
+        if not isinstance(key, str) or not key.startswith(self.prefix):
+            return None
+        return {**record, self.store.key_field: key[len(self.prefix) :]}  # type: ignore[dict-item]
+
+    def __contains__(self, key: str) -> bool:
+        return self.prefix + key in self.store
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def keys(self) -> set[str]:
+        n, every = len(self.prefix), self.store.keys()
+        return {k[n:] for k in every if k.startswith(self.prefix)}
+
+    def append(self, record: dict[str, Any]) -> None:
+        field = self.store.key_field
+        self.store.append({**record, field: self.prefix + record[field]})
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._own(self.store.get(self.prefix + key))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (own for record in self.store if (own := self._own(record)) is not None)
+
+    def ordered(self, keys: Iterable[str]) -> Iterator[dict[str, Any]]:
+        records = self.store.ordered(self.prefix + key for key in keys)
+        return (own for record in records if (own := self._own(record)) is not None)
+
+
 def finalize(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> int:
     """Write a final dataset atomically (temp file + rename); returns the record count."""
     return write_jsonl_atomic(path, records)

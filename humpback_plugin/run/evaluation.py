@@ -57,7 +57,7 @@ class RunContext(Protocol):
     manifest: Manifest
     log: Say
 
-    def _client_config(self, role: str) -> ClientConfig: ...
+    def _client_config(self, role: str, chat: bool = True) -> ClientConfig: ...
 
 
 def models_to_evaluate(config: RunConfig) -> list[str]:
@@ -104,6 +104,34 @@ def comparison_jobs(config: RunConfig) -> list[tuple[str, str]]:
                 jobs.append((model, baseline))
     jobs += [(name, REFERENCE) for name in names if name not in models]
     return jobs
+
+
+def step_inputs(config: RunConfig, paths: RunLayout, step: str) -> list[Path]:
+    """The files an evaluation step reads; a change in any of them runs it again (the
+    trained models are folders, fingerprinted by their listing)."""
+    cfg = config.eval
+    if step == "generate":
+        roles = dict.fromkeys(role for _, role, _ in generation_jobs(config))
+        instructions = [Path(cfg.instructions)] if cfg.instructions else []
+        return instructions + [paths.trained(role) for role in roles]
+    if step == "compare":
+        reference = reference_path(config)
+        outputs = [paths.eval_outputs(name) for name, _ in comparison_jobs(config)]
+        return list(dict.fromkeys(outputs)) + ([Path(reference)] if reference else [])
+    tasks = [Path(p) for p in cfg.lm_eval.tasks.values()]
+    return tasks + [paths.trained(model) for model in models_to_evaluate(config)]
+
+
+def step_settings(config: RunConfig, step: str) -> list[Any]:
+    """The settings that decide an evaluation step's outputs (each step only its own)."""
+    cfg = config.eval
+    models = [config.serving.models.get(role) for role in models_to_evaluate(config)]
+    if step == "generate":
+        return [cfg.model_dump(mode="json", exclude={"compare", "lm_eval"}), models]
+    if step == "compare":
+        judge = config.serving.models.get(cfg.judge)
+        return [cfg.model_dump(mode="json", exclude={"generate", "lm_eval"}), judge]
+    return [cfg.lm_eval, models]
 
 
 def _gather(jobs: list[Callable[[], Any]]) -> list[Any]:
@@ -164,7 +192,7 @@ def step_generate(run: RunContext) -> None:
         }
     run.manifest.finish(
         "eval_generate",
-        inputs=[cfg.instructions],
+        inputs=step_inputs(run.config, run.paths, "generate"),
         outputs=[run.paths.eval_outputs(name) for name, _, _ in jobs],
         stats=stats,
         model=", ".join(sorted(clients)),
@@ -210,7 +238,7 @@ def step_compare(run: RunContext) -> None:
         outputs += [folder / VERDICTS_NAME, folder / SUMMARY_NAME]
     run.manifest.finish(
         "eval_compare",
-        inputs=[run.paths.eval_outputs(n) for n, _ in jobs] + ([reference] if reference else []),
+        inputs=step_inputs(run.config, run.paths, "compare"),
         outputs=outputs,
         stats=stats,
         model=judge.model,
@@ -229,7 +257,7 @@ def step_lm_eval(run: RunContext) -> None:
     stats = {}
     outputs = []
     for model in models_to_evaluate(run.config):
-        client = run._client_config(model)
+        client = run._client_config(model, chat=False)  # completions: no restart for a template
         run.log(f"  lm-eval: {model} on {', '.join([*settings.tasks, *settings.task_names])}")
         summary = run_lm_eval(
             run.paths.eval_lm_eval(model),
@@ -243,7 +271,7 @@ def step_lm_eval(run: RunContext) -> None:
         outputs.append(run.paths.eval_lm_eval(model) / "summary.json")
     run.manifest.finish(
         "eval_lm_eval",
-        inputs=list(settings.tasks.values()),
+        inputs=step_inputs(run.config, run.paths, "lm_eval"),
         outputs=outputs,
         stats=stats,
         model=", ".join(models_to_evaluate(run.config)),

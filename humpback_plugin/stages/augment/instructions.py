@@ -10,20 +10,25 @@ from humpback_plugin.core.prompts import fill_template
 
 
 def backtranslation_messages(segment: Any, template: str) -> dict[str, Any]:
-    """The filled template as the only user turn (the server adds the chat template)."""
-    return {"messages": [{"role": "user", "content": fill_template(template, output=segment.text)}]}
+    """The filled template as the only user turn (the server adds the chat template). The
+    file's final newline is not part of the turn: BF's prompt ends "... Assistant. [/INST]"."""
+    content = fill_template(template, output=segment.text).strip()
+    return {"messages": [{"role": "user", "content": content}]}
 
 
 # "Question:", "**Instruction:**", "Here is a possible question:", "The user should have
-# asked:" ... in front of the instruction itself.
+# asked:" ... in front of the instruction itself. Only lead-ins that talk about *the*
+# question count: "My SQL query is: SELECT ..." is an instruction and keeps its start.
 _LEAD_IN = re.compile(
     r"""^\s*(?:[*_#>\-\s]*)(?:
         (?:sure[,!.]?\s*)?(?:here\s+is|here's)\s+(?:a|an|the|one|my)\b[^:\n]{0,60}:
       | (?:the\s+)?(?:most\s+likely\s+|possible\s+|likely\s+)?(?:user'?s?\s+)?
-        (?:question|instruction|prompt|query|request)\s*(?:could\s+be|would\s+be|might\s+be|is)?\s*:
+        (?:question|instruction|prompt)\s*(?:could\s+be|would\s+be|might\s+be|is)?\s*:
+      | query\s*:
       | (?:the\s+)?(?:user|person)\s+(?:should|might|would|may)\s+have\s+asked\s*:?
       | q\s*[:.]
-      | [^\n]{0,120}?\b(?:question|instruction|prompt|query)\b[^:\n]{0,60}?
+      | (?:a|an|the|one)\s+(?:(?:good|great|possible|likely|potential|suitable|fitting|
+        natural|most\s+likely)\s+)*(?:question|instruction|prompt)\b[^:\n]{0,60}?
         \b(?:is|would\s+be|could\s+be|might\s+be)\s*:
     )[*_\s]*""",
     re.IGNORECASE | re.VERBOSE,

@@ -149,6 +149,7 @@ async def augment_async(
         preflight=preflight,
         retry_failed=retry_failed,
         show_progress=show_progress,
+        chat_endpoint=settings.endpoint == "chat",
     )
     stats, counts = result.stats, result.outputs
     summary = {

@@ -20,37 +20,15 @@ from typing import Any
 
 from humpback_plugin.core.config import SEGMENT_MAX_CHARS, SEGMENT_MIN_CHARS
 from humpback_plugin.core.records import Segment
+from humpback_plugin.stages.corpus.nav_labels import (
+    NAV_LABELS,
+    NAV_PATTERNS,
+    NAV_WORDS,
+    SECTION_LABELS,
+    normalise_header,
+)
 
 Check = Callable[[Segment], "str | None"]
-
-
-# Contained (as whole words) in a short header: the paper's four examples first, then
-# the usual page furniture.
-NAV_PHRASES = (
-    "advertisement", "advertisements", "advertising", "forum", "forums", "quick link",
-    "quick links", "free newsletter", "newsletter", "newsletters", "related articles",
-    "related posts", "related stories", "related content", "related links",
-    "you may also like", "you might also like", "recommended for you", "read more",
-    "more stories", "most popular", "most read", "most viewed", "popular posts",
-    "latest news", "latest posts", "recent posts", "recent comments", "comments",
-    "leave a comment", "leave a reply", "post a comment", "join the conversation",
-    "share this", "follow us", "connect with us", "subscribe", "sign up", "log in",
-    "sign in", "create an account", "cookie", "cookies", "privacy policy", "terms of use",
-    "terms and conditions", "terms of service", "main menu", "site navigation",
-    "breadcrumb", "copyright", "all rights reserved", "sponsored", "partner content",
-    "about us", "contact us", "site map", "sitemap", "useful links", "external links",
-    "about the author", "author bio", "previous story", "next story", "previous article",
-    "next article", "previous post", "next post", "latest galleries", "latest videos",
-    "popular videos", "news cloud", "trending now",
-)  # fmt: skip
-
-# Whole-header matches only: common words that also start real titles.
-NAV_HEADERS = (
-    "share", "search", "menu", "navigation", "footer", "related", "recommended", "trending",
-    "contact", "register", "login", "signup", "tags", "categories", "archives", "more",
-    "follow", "popular", "latest", "advertise", "sponsors", "partners", "social media",
-    "skip to content", "more from", "you may like",
-)  # fmt: skip
 
 
 def length(min_chars: int = SEGMENT_MIN_CHARS, max_chars: int = SEGMENT_MAX_CHARS) -> Check:
@@ -67,11 +45,19 @@ def length(min_chars: int = SEGMENT_MIN_CHARS, max_chars: int = SEGMENT_MAX_CHAR
     return check
 
 
-def header_empty_or_upper(require_header: bool = False) -> Check:
+def header_empty_or_upper(
+    require_header: bool = False, min_letters: int = 6, max_words: int | None = 4
+) -> Check:
     """Drop segments whose header is empty or all upper case ("SHARE THIS", "TRENDING").
 
-    Plain-text segments without any header (``header`` is None: paragraph groups of WET,
-    JSONL or text) are kept unless ``require_header`` is true.
+    An all-uppercase header of fewer than ``min_letters`` letters is an acronym, not
+    shouting, and is kept ("GPU", "TL;DR", "FAQ"); so is one of more than ``max_words``
+    words, a title set in capitals ("HOW TO USE A WATER BATH CANNER": on the labelled
+    headers of the shared pages every all-uppercase header of five or more words was a
+    content title). ``max_words=None`` rejects every all-uppercase header, as the paper's
+    rule reads. Plain-text segments without any header
+    (``header`` is None: paragraph groups of WET, JSONL or text) are kept unless
+    ``require_header`` is true.
     """
 
     def check(segment: Segment) -> str | None:
@@ -80,7 +66,11 @@ def header_empty_or_upper(require_header: bool = False) -> Check:
             return "no_header" if require_header else None
         if not header.strip() or not any(c.isalnum() for c in header):
             return "header_empty"
-        if header.isupper():
+        if (
+            header.isupper()
+            and sum(c.isalpha() for c in header) >= min_letters
+            and (max_words is None or len(header.split()) <= max_words)
+        ):
             return "header_upper"
         return None
 
@@ -88,46 +78,61 @@ def header_empty_or_upper(require_header: bool = False) -> Check:
 
 
 def header_caps_ratio(max_ratio: float = 0.5, min_letters: int = 6) -> Check:
-    """Drop headers where more than ``max_ratio`` of the letters are capitals (shouty
-    menus like "NEWS Sports WEATHER"). Title Case headers stay well under 0.5; headers
-    with fewer than ``min_letters`` letters are not judged ("FAQ", "Q&A")."""
+    """Drop shouty headers: more than ``max_ratio`` of the header's letters are capitals
+    that do not start a word ("NEWS Sports WEATHER": 9 of 17). Word-initial capitals and
+    words of up to three letters are not counted, so Title Case and acronyms among
+    ordinary words pass ("NASA and the ESA": 3 of 13); headers with fewer than
+    ``min_letters`` letters are not judged ("FAQ")."""
 
     def check(segment: Segment) -> str | None:
-        letters = [c for c in segment.header or "" if c.isalpha()]
-        if len(letters) < min_letters:
+        if (segment.header or "").isupper():
+            return None  # all capitals: header_empty_or_upper's call
+        letters = caps = 0
+        for word in _WORDS.findall(segment.header or ""):
+            alpha = [c for c in word if c.isalpha()]
+            letters += len(alpha)
+            if len(alpha) > 3:  # "VW", "ID", "ESA": acronyms, not shouting
+                caps += sum(c.isupper() for c in alpha[1:])
+        if letters < min_letters:
             return None
-        caps = sum(c.isupper() for c in letters)
-        return "header_caps" if caps / len(letters) > max_ratio else None
+        return "header_caps" if caps / letters > max_ratio else None
 
     return check
 
 
 def nav_header(
-    phrases: Iterable[str] | None = None,
-    extra_phrases: Iterable[str] = (),
-    headers: Iterable[str] | None = None,
-    max_words: int = 8,
+    labels: Iterable[str] | None = None,
+    extra_labels: Iterable[str] = (),
+    patterns: Iterable[str] | None = None,
+    extra_patterns: Iterable[str] = (),
+    max_words: int = 20,
+    max_vocabulary_words: int = 4,
 ) -> Check:
-    """Drop navigation/advert headers: a header of at most ``max_words`` words containing
-    one of ``phrases`` as whole words (built-in :data:`NAV_PHRASES`; ``extra_phrases``
-    adds to it), or a header that is exactly one of ``headers`` (built-in
-    :data:`NAV_HEADERS`: words such as "share" or "search" that also begin real titles).
-    Case-insensitive. Longer headers are titles that merely mention a word like "forum"."""
-    words = [p.lower() for p in (NAV_PHRASES if phrases is None else phrases)]
-    words += [p.lower() for p in extra_phrases]
-    exact = {h.lower() for h in (NAV_HEADERS if headers is None else headers)}
-    pattern = None
-    if words:
-        alternatives = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
-        pattern = re.compile(rf"\b(?:{alternatives})\b")
+    """Drop navigation and advert headers: a header that *is* a navigation label
+    (built-in :data:`~.nav_labels.NAV_LABELS`, e.g. "Related Articles", "0 Comments",
+    "Advertisement"; ``extra_labels`` adds to it) or has a label's shape (built-in
+    :data:`~.nav_labels.NAV_PATTERNS`, e.g. "More from <author>", "Follow <site> online";
+    ``extra_patterns`` adds regular expressions), compared after
+    :func:`~.nav_labels.normalise_header`. Words inside a title never count: "How Comments
+    Work in Python" and "How to Sign Up for Medicare" are kept. Headers of more than
+    ``max_words`` words are titles."""
+    wanted = set(
+        NAV_LABELS | SECTION_LABELS if labels is None else (normalise_header(x) for x in labels)
+    )
+    wanted |= {normalise_header(x) for x in extra_labels}
+    shapes = list(NAV_PATTERNS) if patterns is None else [re.compile(p) for p in patterns]
+    shapes += [re.compile(p) for p in extra_patterns]
 
     def check(segment: Segment) -> str | None:
-        header = (segment.header or "").lower()
+        header = normalise_header(segment.header or "")
         if not header or len(header.split()) > max_words:
             return None
-        if " ".join(_WORDS.findall(header)) in exact:
+        if header in wanted or any(shape.search(header) for shape in shapes):
             return "nav_header"
-        return "nav_header" if pattern and pattern.search(header) else None
+        words = header.split()
+        if labels is None and len(words) <= max_vocabulary_words and set(words) <= NAV_WORDS:
+            return "nav_header"
+        return None
 
     return check
 

@@ -43,18 +43,24 @@ SCORES = ("1", "2", "3", "4", "5")
 SCORE_REGEX = "Score: [1-5]"
 PREFILL = "Score: "
 
-# "Score: 4", "**Score:** 4", "score = 4/5", "Score: <4>", "Rating: 4 out of 5".
+# "Score: 4", "**Score:** 4", "score = 4/5", "Score: <4>", "Rating: 4 out of 5". The scale,
+# when given, is captured: "Score: 5/10" is five out of ten, not the rubric's 5.
 _SCORE = re.compile(
     r"\b(?:score|rating)\b\s*(?:[:=]|is)?\s*[\[(<]?\s*(\d+(?:\.\d+)?)\s*[\])>]?"
-    r"(?:\s*(?:/|out\s+of)\s*5(?:\.0)?)?",
+    r"(?:\s*(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?",
     re.IGNORECASE,
 )
 # A last line that is only a number: "4", "4/5", "4 out of 5", "4."
-_BARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:(?:/|out\s+of)\s*5)?\s*\.?\s*$", re.IGNORECASE)
+_BARE = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(?:(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?\s*\.?\s*$", re.IGNORECASE
+)
 _MARKUP = re.compile(r"[*_`#>|~]")
 
 
-def _as_score(number: str) -> int | None:
+def _as_score(number: str, scale: str | None = None) -> int | None:
+    """A 1-5 integer score, or None (out of range, fractional, or on another scale)."""
+    if scale is not None and float(scale) != 5:
+        return None
     value = float(number)
     if value.is_integer() and 1 <= value <= 5:
         return int(value)
@@ -79,11 +85,11 @@ def parse_score(text: str) -> int | None:
     line = _MARKUP.sub("", last_line(text)).strip()
     if not line:
         return None
-    found = [s for m in _SCORE.finditer(line) if (s := _as_score(m.group(1))) is not None]
+    found = [s for m in _SCORE.finditer(line) if (s := _as_score(*m.groups())) is not None]
     if found:
         return found[-1]
     bare = _BARE.match(line)
-    return _as_score(bare.group(1)) if bare else None
+    return _as_score(*bare.groups()) if bare else None
 
 
 def echoes_candidate(judge_text: str, candidate: dict[str, Any]) -> bool:

@@ -208,6 +208,7 @@ async def curate_async(
         retry_failed=retry_failed,
         show_progress=show_progress,
         client=client,
+        chat_endpoint=settings.endpoint == "chat",
     )
     stats, counts = result.stats, result.outputs
     scored_this_run = stats.processed
