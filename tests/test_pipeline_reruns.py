@@ -59,13 +59,18 @@ def test_from_reruns_the_stage_and_every_later_one(tmp_path, stub):
     config = make_config(tmp_path, stub.base_url)
     run_dir = tmp_path / "run"
     assert run("-c", str(config), str(run_dir))[0] == 0
-    code, out = run(str(run_dir), "--from", "curate_2")
-    assert code == 0, out
-    assert ran(out) == ["curate_2", "m2_data"]
+    code, out = run(str(run_dir), "--from", "curate_2", "--no-wait")
+    # M2 is trained again too: the run stops there, waiting for it (exit 3).
+    assert code == 3, out
+    assert ran(out) == ["curate_2", "m2_data", "train_m2"]
     assert "curate_2 (again: --from) ..." in out
+    assert (run_dir / "m2" / "model.previous").is_dir()
+    trained_elsewhere(run_dir, "m2")
+    code, out = run(str(run_dir))
+    assert code == 0 and ran(out) == ["train_m2"], out
     # Earlier stages stay done; nothing else changed, so a plain re-run skips everything.
     code, out = run(str(run_dir))
-    assert code == 0 and ran(out) == []
+    assert code == 0 and ran(out) == [], out
 
 
 def test_changed_settings_and_inputs_rerun_what_depends_on_them(tmp_path, stub):
