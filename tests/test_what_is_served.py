@@ -62,7 +62,7 @@ def test_same_served_name_with_other_weights_sends_new_requests(tmp_path):
     """A retrained M0 served under the same name must judge again, not reuse old scores."""
     cands = write_candidates(tmp_path / "candidates.jsonl")
     out = tmp_path / "scored.jsonl"
-    settings = CurateConfig(mode="paper")
+    settings = CurateConfig(mode="paper", canaries=False)  # the 3 pairs only
 
     def run(stub: StubOpenAI, **kw) -> dict:
         before = len(stub.generation_requests)
