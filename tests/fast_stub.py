@@ -80,8 +80,8 @@ def serve(port: int, model: str) -> None:
     async def metrics(request: web.Request) -> web.Response:
         queries = served["n"] * 100
         return web.Response(
-            text=f"vllm:prefix_cache_queries_total{{engine=\"0\"}} {queries}.0\n"
-            f"vllm:prefix_cache_hits_total{{engine=\"0\"}} {queries * 9 // 10}.0\n"
+            text=f'vllm:prefix_cache_queries_total{{engine="0"}} {queries}.0\n'
+            f'vllm:prefix_cache_hits_total{{engine="0"}} {queries * 9 // 10}.0\n'
         )
 
     async def main() -> None:

@@ -208,9 +208,12 @@ def test_per_url_concurrency_is_the_bound():
         return web.json_response(ok_body())
 
     async def go():
-        async with serve(handler) as a, serve(handler) as b:
-            async with make_client([a, b], concurrency=3) as client:
-                await asyncio.gather(*(client.completion(str(i)) for i in range(30)))
+        async with (
+            serve(handler) as a,
+            serve(handler) as b,
+            make_client([a, b], concurrency=3) as cl,
+        ):
+            await asyncio.gather(*(cl.completion(str(i)) for i in range(30)))
 
     run(go())
     assert state["peak"] == 6

@@ -76,9 +76,7 @@ def _echo_handler(delay: float = 0.0, fail_ids: tuple[str, ...] = ()):
         body = json.loads(await request.read())
         await asyncio.sleep(delay)
         if body["prompt"] in fail_ids:
-            return web.json_response(
-                {"error": {"message": "context length exceeded"}}, status=400
-            )
+            return web.json_response({"error": {"message": "context length exceeded"}}, status=400)
         text = body["prompt"].upper()
         return web.json_response({"choices": [{"index": 0, "text": text}]})
 
