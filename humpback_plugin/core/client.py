@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from humpback_plugin.core import fastjson
 from humpback_plugin.core.config import ClientSettings
 from humpback_plugin.core.errors import ClientError, ServerUnavailable
 
@@ -155,7 +156,7 @@ class _Reply:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        return fastjson.loads(self.body)
 
     @property
     def text(self) -> str:
@@ -274,7 +275,7 @@ class OpenAIClient:
             )
         body = {"model": self.model, **body}
         params = {k: v for k, v in body.items() if k not in _INPUT_FIELDS}
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        payload = fastjson.dumps(body)
         aiohttp = _aiohttp()
         started = time.time()
         first_failure: float | None = None
@@ -448,8 +449,8 @@ def _describe(exc: BaseException) -> str:
 def _completion_json(body: bytes) -> dict[str, Any] | None:
     """The parsed completion, or None for a truncated or malformed body (retried)."""
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = fastjson.loads(body)
+    except (ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) and "choices" in data else None
 
