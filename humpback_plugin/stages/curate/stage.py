@@ -23,15 +23,16 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import CurateConfig
 from humpback_plugin.core.hashing import content_hash
-from humpback_plugin.core.jsonl_io import write_json_atomic
+from humpback_plugin.core.jsonl_io import iter_jsonl, write_json_atomic
 from humpback_plugin.core.layout import work_dir_for
-from humpback_plugin.core.records import Candidate, ScoredCandidate, read_records
+from humpback_plugin.core.records import Candidate, Provenance, Record, read_records
 from humpback_plugin.core.runner import count_lines, run_model_stage
 from humpback_plugin.core.sharding import in_shard
 from humpback_plugin.core.store import RecordStore, finalize
@@ -60,16 +61,76 @@ def iter_candidates(
             yield obj
 
 
+def candidate_ids(path: str | os.PathLike, shard: tuple[int, int] | None = None) -> Iterator[str]:
+    """The ids :func:`iter_candidates` gives, for a file it has already read: JSON only, no
+    second validation (the final files are written in this order)."""
+    for _lineno, obj in iter_jsonl(path):
+        if "id" in obj:
+            candidate_id = obj["id"]
+        else:
+            candidate_id = content_hash("candidate", obj.get("instruction"), obj.get("output"))
+        if in_shard(candidate_id, shard):
+            yield candidate_id
+
+
+def hook_curation_request(instruction: str, output: str, template: str) -> dict[str, Any]:
+    """The ``curation_request`` hook's answer (top level: picklable for Ray actors)."""
+    return pm.hook.curation_request(instruction=instruction, output=output, template=template)
+
+
+def hook_parse_score(text: str) -> int | None:
+    """The ``parse_curation_score`` hook's answer (top level: picklable for Ray actors)."""
+    return pm.hook.parse_curation_score(text=text)
+
+
 def scoring_context(settings: CurateConfig) -> ScoringContext:
     """The judge's template and settings, with the request and parse hooks' answers."""
     return ScoringContext(
         template=load_template(settings.template, required=("instruction", "output")),
         settings=settings,
-        build_request=lambda instruction, output, template: pm.hook.curation_request(
-            instruction=instruction, output=output, template=template
-        ),
-        parse=lambda text: pm.hook.parse_curation_score(text=text),
+        build_request=hook_curation_request,
+        parse=hook_parse_score,
     )
+
+
+_CANDIDATE_FIELDS = tuple(Candidate.model_fields)
+
+
+class _ScoreFields(Record):
+    """What a scorer adds to a candidate, validated (a plugin's scorer may return anything);
+    the candidate itself was validated when it was read."""
+
+    score: int | None = None
+    expected_score: float | None = None
+    probabilities: dict[str, float] | None = None
+    judge_text: str | None = None
+    score_status: str = "ok"
+    judge_provenance: Provenance | None = None
+
+
+@dataclass(frozen=True)
+class Score:
+    """One candidate -> its scored record. A plain picklable object, so the same work runs
+    in this process or in Ray actors (``--engine ray``)."""
+
+    scorer: Callable[..., Awaitable[dict[str, Any]]]
+    context: ScoringContext
+    mode: str
+    iteration: int
+
+    async def __call__(
+        self, client: OpenAIClient, candidate: dict[str, Any], key: str
+    ) -> list[dict[str, Any]]:
+        result = await self.scorer(client, candidate, self.context)
+        checked = _ScoreFields.model_validate(result).model_dump()
+        # The fields of a ScoredCandidate: the candidate's (declared ones first, defaults
+        # filled in), then the score's.
+        record = {name: candidate.get(name) for name in _CANDIDATE_FIELDS}
+        record.update(candidate)
+        record.update(checked)
+        record["scoring_mode"] = self.mode
+        record["iteration"] = self.iteration
+        return [record]
 
 
 def curate(
@@ -121,23 +182,17 @@ async def curate_async(
         "curate", prompt.sha256, client_config.model, settings.endpoint, mode, decoding, iteration
     )
 
-    def key_of(candidate: dict[str, Any]) -> str:
-        return content_hash(run_id, candidate["id"])
+    def key_of_id(candidate_id: str) -> str:
+        return content_hash(run_id, candidate_id)
 
-    async def score(
-        client: OpenAIClient, candidate: dict[str, Any], key: str
-    ) -> list[dict[str, Any]]:
-        result = await scorer(client, candidate, context)
-        record = ScoredCandidate(
-            **{**candidate, **result, "scoring_mode": mode, "iteration": iteration}
-        ).model_dump()
-        return [record]
+    def key_of(candidate: dict[str, Any]) -> str:
+        return key_of_id(candidate["id"])
 
     def finish(store: RecordStore) -> dict[str, Any]:
         return _write_outputs(
             candidates_path,
             shard,
-            key_of,
+            key_of_id,
             store,
             scored_path,
             selected_path,
@@ -150,7 +205,7 @@ async def curate_async(
         inputs=iter_candidates(candidates_path, shard),
         key_of=key_of,
         input_id_of=lambda c: c["id"],
-        work=score,
+        work=Score(scorer, context, mode, iteration),
         finish=finish,
         work_dir=work,
         store_name="scored.jsonl",
@@ -197,14 +252,14 @@ async def curate_async(
 def _write_outputs(
     candidates_path: str | os.PathLike,
     shard: tuple[int, int] | None,
-    key_of: Callable[[dict[str, Any]], str],
+    key_of_id: Callable[[str], str],
     store: RecordStore,
     scored_path: str | os.PathLike,
     selected_path: str | os.PathLike | None,
     select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
 ) -> dict[str, Any]:
     def keys() -> Iterator[str]:
-        return (key_of(c) for c in iter_candidates(candidates_path, shard))
+        return (key_of_id(i) for i in candidate_ids(candidates_path, shard))
 
     histogram: Counter = Counter()
     status: Counter = Counter()
