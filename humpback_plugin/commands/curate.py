@@ -9,6 +9,8 @@ import click
 from humpback_plugin.commands.common import (
     client_options,
     command,
+    engine_options,
+    opened_engine,
     pop_client_config,
     print_summary,
     shard_option,
@@ -118,6 +120,7 @@ def selector_settings(
 )
 @click.option("--seed", type=int)
 @shard_option
+@engine_options
 @click.option("--retry-failed", is_flag=True, help="Retry pairs the server refused before.")
 def curate_command(
     candidates: str,
@@ -133,6 +136,9 @@ def curate_command(
     iteration: int,
     no_prefill: bool,
     shard: str | None,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int | None,
     retry_failed: bool,
     **kwargs: Any,
 ) -> None:
@@ -155,19 +161,21 @@ def curate_command(
         prefill=not no_prefill,
         **kwargs,
     )
-    summary = curate(
-        candidates,
-        scored_path,
-        client_config=client,
-        settings=settings,
-        selected_path=selected_path,
-        iteration=iteration,
-        work_dir=work_dir,
-        preflight=not no_preflight,
-        retry_failed=retry_failed,
-        show_progress=not quiet,
-        shard=parse_shard(shard),
-    )
+    with opened_engine(engine, ray_address, ray_actors) as runner:
+        summary = curate(
+            candidates,
+            scored_path,
+            client_config=client,
+            settings=settings,
+            selected_path=selected_path,
+            iteration=iteration,
+            work_dir=work_dir,
+            preflight=not no_preflight,
+            retry_failed=retry_failed,
+            show_progress=not quiet,
+            shard=parse_shard(shard),
+            engine=runner,
+        )
     cache = summary["prefix_cache"]
     rows = [
         ("pairs", summary["candidates"]),

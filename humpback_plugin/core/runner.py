@@ -18,6 +18,7 @@ module owns everything else:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter
@@ -42,6 +43,7 @@ from humpback_plugin.core.client import (
     OpenAIClient,
     RequestRejected,
 )
+from humpback_plugin.core.engine import Engine
 from humpback_plugin.core.errors import ClientError, ServerUnavailable, StageInterrupted
 from humpback_plugin.core.store import RecordStore
 
@@ -380,15 +382,22 @@ async def run_model_stage(
     retry_failed: bool = False,
     show_progress: bool = True,
     client: OpenAIClient | None = None,
+    engine: Engine | None = None,
 ) -> ModelStageResult:
     """Send every input not yet in ``work_dir/<store_name>`` through ``work(client, item,
     key)``, then let ``finish(store)`` write the stage's final files.
 
     ``client`` lets a caller share one client between stages (it is then not closed here).
+    ``engine`` with ``model_calls`` (Ray) runs ``work`` in its workers, each with its own
+    client; ``work`` must then be picklable (a top-level function or an instance of a
+    top-level class). This process still checks the servers first, reads the inputs,
+    skips what is done and is the only writer of the store, so resuming is the same.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     the_client = client or client_config.make_client()
+    remote = getattr(engine, "model_calls", None)
+    window = max(8, 2 * client_config.concurrency * len(client_config.base_urls))
     preflight_report = None
     try:
         if preflight:
@@ -399,18 +408,31 @@ async def run_model_stage(
             RecordStore(work_dir / store_name) as store,
             open_failures(work_dir, retry_failed) as failures,
         ):
-            stats = await run_stage(
-                name=name,
-                inputs=inputs,
-                key_of=key_of,
-                input_id_of=input_id_of,
-                work=lambda item, key: work(the_client, item, key),
-                store=store,
-                failures=failures,
-                window=max(8, 2 * client_config.concurrency * len(client_config.base_urls)),
-                total=total,
-                show_progress=show_progress,
-            )
+            async with contextlib.AsyncExitStack() as stack:
+                if remote is not None:
+                    calls = await stack.enter_async_context(
+                        remote(name, client_config, work, window=window)
+                    )
+                    item_work = calls.submit
+                else:
+                    calls = None
+
+                    def item_work(item: T, key: str) -> Awaitable[list[dict[str, Any]]]:
+                        return work(the_client, item, key)
+
+                stats = await run_stage(
+                    name=name,
+                    inputs=inputs,
+                    key_of=key_of,
+                    input_id_of=input_id_of,
+                    work=item_work,
+                    store=store,
+                    failures=failures,
+                    window=window,
+                    total=total,
+                    show_progress=show_progress,
+                )
+            client_stats = calls.client_stats() if calls is not None else the_client.stats
             after = await the_client.prefix_cache_counters()
             outputs = finish(store)
             failure_reasons = Counter(f["reason"] for f in failures)
@@ -420,7 +442,7 @@ async def run_model_stage(
     return ModelStageResult(
         stats=stats,
         outputs=outputs,
-        client=the_client.stats,
+        client=client_stats,
         base_urls=the_client.base_urls,
         work_dir=work_dir,
         failure_reasons=failure_reasons,

@@ -22,6 +22,7 @@ from humpback_plugin.axolotl.training import is_trained, train
 from humpback_plugin.core.client import ClientConfig, load_api_key
 from humpback_plugin.core.config import ClientSettings, RunConfig, dump_config
 from humpback_plugin.core.console import Say, say
+from humpback_plugin.core.engine import Engine, make_engine
 from humpback_plugin.core.errors import TrainingPending, UsageError
 from humpback_plugin.core.layout import RunLayout, stage_names
 from humpback_plugin.core.manifest import Manifest
@@ -42,6 +43,7 @@ class Pipeline:
         self.stages = stage_names(config.iterations)
         self.log = log
         self._serving: EmbeddedServing | None = None
+        self._engine: Engine | None = None
 
     # --- driving -----------------------------------------------------------------------
 
@@ -83,6 +85,17 @@ class Pipeline:
         finally:
             if self._serving is not None:
                 self._serving.close()
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+    def engine(self) -> Engine:
+        """The run config's engine, started on first use (a local Ray instance takes a
+        few seconds) and kept for every model-calling stage of this run."""
+        if self._engine is None:
+            c = self.config
+            self._engine = make_engine(c.engine, ray_address=c.ray_address, ray_actors=c.ray_actors)
+        return self._engine
 
     def _run_stage(self, name: str, wait: bool) -> None:
         if name.startswith("train_"):
@@ -240,6 +253,7 @@ class Pipeline:
             self.paths.candidates,
             client_config=client_config,
             settings=self.config.augment,
+            engine=self.engine(),
         )
         self.manifest.finish(
             "augment",
@@ -262,6 +276,7 @@ class Pipeline:
             selected_path=self.paths.curated(k),
             iteration=k,
             threshold=cfg.final_threshold if last else None,
+            engine=self.engine(),
         )
         self.manifest.finish(
             f"curate_{k}",

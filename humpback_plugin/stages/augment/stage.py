@@ -39,6 +39,7 @@ from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import AugmentConfig
+from humpback_plugin.core.engine import Engine
 from humpback_plugin.core.hashing import content_hash
 from humpback_plugin.core.jsonl_io import atomic_writer, iter_jsonl, write_json_atomic
 from humpback_plugin.core.layout import side_path, work_dir_for
@@ -142,7 +143,10 @@ async def augment_async(
     retry_failed: bool = False,
     show_progress: bool = True,
     shard: tuple[int, int] | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
+    """``engine`` (see :mod:`humpback_plugin.core.engine`) runs the requests elsewhere, e.g.
+    in Ray actors; this process still reads, resumes and writes."""
     settings = settings or AugmentConfig()
     prompt = load_template(settings.template, required=("output",))
     # Unknown filter names fail before any request.
@@ -179,6 +183,7 @@ async def augment_async(
         preflight=preflight,
         retry_failed=retry_failed,
         show_progress=show_progress,
+        engine=engine,
     )
     stats, counts = result.stats, result.outputs
     summary = {

@@ -29,6 +29,7 @@ from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import CurateConfig
+from humpback_plugin.core.engine import Engine
 from humpback_plugin.core.hashing import content_hash
 from humpback_plugin.core.jsonl_io import iter_jsonl, write_json_atomic
 from humpback_plugin.core.layout import work_dir_for
@@ -161,9 +162,12 @@ async def curate_async(
     show_progress: bool = True,
     client: OpenAIClient | None = None,
     shard: tuple[int, int] | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """``threshold`` overrides ``settings.threshold`` (the run's last iteration uses
-    ``final_threshold``)."""
+    ``final_threshold``). ``engine`` (see :mod:`humpback_plugin.core.engine`) runs the
+    judge's requests elsewhere, e.g. in Ray actors; this process still reads, resumes and
+    writes."""
     settings = settings or CurateConfig()
     mode = settings.mode
     scorer = pick("register_scorers", mode)
@@ -214,6 +218,7 @@ async def curate_async(
         retry_failed=retry_failed,
         show_progress=show_progress,
         client=client,
+        engine=engine,
     )
     stats, counts = result.stats, result.outputs
     scored_this_run = stats.processed

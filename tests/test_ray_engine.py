@@ -1,0 +1,243 @@
+"""``--engine ray``: a real local Ray instance (``ray.init(num_cpus=2)``), the project's
+client in Ray actors, this process the only writer of the store.
+
+Each case compares the Ray engine's final datasets with the local engine's for the same
+inputs: the stub's answers are a function of the prompt (what greedy decoding is on a real
+server), so the records must be equal but for the wall-clock times of their requests.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from humpback_plugin.commands.augment import augment_command
+from humpback_plugin.core.client import ClientConfig
+from humpback_plugin.core.config import CurateConfig, RunConfig, parse_config
+from humpback_plugin.core.engine import RayEngine, chunks, make_engine, worker_configs
+from humpback_plugin.core.errors import StageInterrupted, UsageError
+from humpback_plugin.core.store import RecordStore
+from humpback_plugin.stages.augment.stage import augment
+from humpback_plugin.stages.curate.stage import curate
+from tests.stub_openai import StubOpenAI, StubRequest, StubResponse, error
+from tests.test_faults import (
+    RUN_FIELDS,
+    assert_store_has_each_key_once,
+    cli_args,
+    comparable,
+    deterministic_answer,
+    kill_when,
+    leftovers,
+    read_jsonl,
+    run_cli,
+    slow,
+    store_lines,
+    write_segments,
+)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance for this module; its address lets CLI subprocesses join it."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("HUMPBACK_REQUIRE_REAL"):
+            pytest.fail("Ray is not installed (pip install -e '.[ray]')", pytrace=False)
+        pytest.skip("Ray is not installed")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def engine(ray_address):
+    return RayEngine(address=ray_address, actors=2)
+
+
+def no_times(path: Path) -> list[dict]:
+    """Records without the times of their requests, and without the stub's URL (each run
+    has its own stub port)."""
+    rows = comparable(path, drop=(*RUN_FIELDS[:2], "server_url"))
+    return rows
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_map_ordered_keeps_input_order_across_workers(engine):
+    # Uneven work per chunk: later chunks finish first, results still come in input order.
+    slow_square = functools.partial(_sleepy_square, 0.002)
+    assert list(engine.map_ordered(slow_square, range(300), chunk_size=7)) == [
+        x * x for x in range(300)
+    ]
+    assert list(engine.map_ordered(square, [], chunk_size=4)) == []
+    local = make_engine("local")
+    assert list(local.map_ordered(square, range(5), chunk_size=2)) == [0, 1, 4, 9, 16]
+
+
+def _sleepy_square(delay: float, x: int) -> int:
+    time.sleep(delay * (x % 5 == 0) * (300 - x) / 100)
+    return x * x
+
+
+def test_chunks_and_worker_configs_share_the_concurrency():
+    assert list(chunks(range(5), 2)) == [[0, 1], [2, 3], [4]]
+    config = ClientConfig(base_urls=["http://a/v1", "http://b/v1"], model="m", concurrency=32)
+    configs = worker_configs(config, 4)
+    assert [c.base_urls[0] for c in configs] == ["http://a/v1", "http://b/v1"] * 2
+    assert {c.concurrency for c in configs} == {8}
+    assert all(sorted(c.base_urls) == ["http://a/v1", "http://b/v1"] for c in configs)
+
+
+def test_augment_and_curate_on_ray_equal_the_local_engine(tmp_path, engine):
+    segments = write_segments(tmp_path / "segments.jsonl", 30)
+    outputs = {}
+    with StubOpenAI(deterministic_answer) as one, StubOpenAI(deterministic_answer) as two:
+        urls = [one.base_url, two.base_url]
+        for name, runner in (("local", None), ("ray", engine)):
+            cfg = ClientConfig(base_urls=urls, model="stub", concurrency=4)
+            out = tmp_path / name
+            aug = augment(segments, out / "c.jsonl", client_config=cfg, show_progress=False,
+                          engine=runner)  # fmt: skip
+            cur = curate(out / "c.jsonl", out / "s.jsonl", client_config=cfg,
+                         selected_path=out / "a4.jsonl", show_progress=False,
+                         engine=runner)  # fmt: skip
+            outputs[name] = (aug, cur)
+        sent_to = {len(one.generation_requests), len(two.generation_requests)}
+    for file in ("c.jsonl", "s.jsonl", "a4.jsonl"):
+        assert no_times(tmp_path / "ray" / file) == no_times(tmp_path / "local" / file), file
+    (aug_local, cur_local), (aug_ray, cur_ray) = outputs["local"], outputs["ray"]
+    assert aug_ray["accepted"] == aug_local["accepted"] == 30
+    assert cur_ray["selected"] == cur_local["selected"] > 0
+    # The actors' client statistics reach the summary; both servers got work.
+    assert aug_ray["requests"] == 30 and cur_ray["requests"] == 30
+    assert min(sent_to) > 0
+
+
+def test_rejections_are_failures_and_a_dead_server_stops_resumably(tmp_path, engine):
+    segments = write_segments(tmp_path / "segments.jsonl", 12)
+
+    def refuse_some(req: StubRequest) -> StubResponse:
+        if "Segment 3." in req.prompt_text or "Segment 7." in req.prompt_text:
+            return error(400, "This model's maximum context length is 2048 tokens")
+        return deterministic_answer(req)
+
+    out = tmp_path / "c.jsonl"
+    with StubOpenAI(refuse_some) as stub:
+        cfg = ClientConfig(base_urls=[stub.base_url], model="stub", concurrency=4)
+        summary = augment(segments, out, client_config=cfg, show_progress=False, engine=engine)
+    assert summary["failed_by_reason"] == {"http_400": 2} and summary["accepted"] == 10
+    failures = read_jsonl(Path(summary["failures_path"]))
+    assert {f["input_id"] for f in failures} == {"seg0003", "seg0007"}
+    assert "maximum context length" in failures[0]["message"]
+
+    # The server goes away for good: the stage stops within the deadline, resumably.
+    out2 = tmp_path / "gone.jsonl"
+    with StubOpenAI(deterministic_answer) as stub:
+        url = stub.base_url
+    cfg = ClientConfig(base_urls=[url], model="stub", concurrency=2, retry_deadline_s=1.0)
+    with pytest.raises(StageInterrupted, match="re-run the same command to resume"):
+        augment(segments, out2, client_config=cfg, preflight=False, show_progress=False,
+                engine=engine)  # fmt: skip
+    assert not out2.exists()
+
+
+def test_engine_ray_in_the_run_config_and_without_ray_installed(monkeypatch):
+    config = parse_config(
+        {"training": {"base_model": "m"}, "engine": "ray", "ray_address": "auto", "ray_actors": 4}
+    )
+    assert (config.engine, config.ray_address, config.ray_actors) == ("ray", "auto", 4)
+    assert RunConfig.model_fields["engine"].default == "local"
+    # No Ray: the error says how to install it, before any request.
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UsageError, match=r"pip install 'humpback-plugin\[ray\]'"):
+        make_engine("ray")
+    result = CliRunner().invoke(
+        augment_command,
+        ["/dev/null", "-o", "/tmp/x.jsonl", "--base-url", "http://127.0.0.1:9/v1", "--model",
+         "m", "--engine", "ray"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "humpback-plugin[ray]" in result.output
+    result = CliRunner().invoke(
+        augment_command,
+        ["/dev/null", "-o", "/tmp/x.jsonl", "--base-url", "http://127.0.0.1:9/v1", "--model",
+         "m", "--ray-actors", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "need --engine ray" in result.output
+
+
+@pytest.mark.parametrize("command", ["augment", "curate"])
+def test_sigkill_mid_stage_on_ray_then_rerun_equals_the_local_engine(
+    tmp_path, command, ray_address
+):
+    """The driver (``humpback ... --engine ray``, joined to the test's Ray instance as to a
+    cluster) is SIGKILLed mid-stage; the same command again sends only what was not
+    stored, and the datasets equal an uninterrupted local-engine run's."""
+    n = 40
+    ray_args = ("--engine", "ray", "--ray-address", ray_address, "--ray-actors", "2")
+    segments = write_segments(tmp_path / "segments.jsonl", n)
+    with StubOpenAI(slow(0.05)) as stub:
+        src = segments
+        if command == "curate":
+            src = tmp_path / "candidates.jsonl"
+            run_cli(cli_args("augment", segments, src, stub))
+        reference = tmp_path / "reference" / "out.jsonl"
+        run_cli(cli_args(command, src, reference, stub))
+
+        out = tmp_path / "killed" / "out.jsonl"
+        store = Path(f"{out}.parts") / (
+            "generations.jsonl" if command == "augment" else "scored.jsonl"
+        )
+        args = cli_args(command, src, out, stub, *ray_args)
+        assert kill_when(args, lambda: store_lines(store) >= 8, timeout=180)
+        saved = store_lines(store)
+        assert 0 < saved < n, "the kill must land mid-stage"
+        assert not out.exists() and leftovers(out.parent) == []
+        before = len(stub.generation_requests)
+        proc = run_cli(args)
+        resumed = len(stub.generation_requests) - before
+    assert resumed == n - saved, "only the unfinished inputs are asked again"
+    assert "done before (resumed)" in proc.stderr
+    assert comparable(out) == comparable(reference)
+    assert_store_has_each_key_once(store, n)
+    assert len(RecordStore(store)) == n
+
+
+def test_curate_settings_travel_to_the_actors(tmp_path, engine):
+    """A non-default scorer and its settings reach the workers (the work is pickled)."""
+    segments = write_segments(tmp_path / "segments.jsonl", 6)
+
+    def one_token(req: StubRequest) -> StubResponse:
+        if req.body.get("structured_outputs"):
+            assert req.body["max_tokens"] == 2 and req.body["messages"][-1]["content"]
+            return StubResponse(texts=["4"])
+        return deterministic_answer(req)
+
+    with StubOpenAI(one_token) as stub:
+        cfg = ClientConfig(base_urls=[stub.base_url], model="stub", concurrency=2)
+        augment(segments, tmp_path / "c.jsonl", client_config=cfg, show_progress=False)
+        summary = curate(tmp_path / "c.jsonl", tmp_path / "s.jsonl", client_config=cfg,
+                         settings=CurateConfig(mode="constrained"), show_progress=False,
+                         engine=engine)  # fmt: skip
+    assert summary["score_histogram"] == {"4": 6}
+    assert {r["scoring_mode"] for r in read_jsonl(tmp_path / "s.jsonl")} == {"constrained"}
+
+
+def test_closing_an_engine_that_joined_a_cluster_leaves_it_running(ray_address):
+    """Closing an engine that joined a running cluster leaves the cluster running."""
+    import ray
+
+    engine = RayEngine(address=ray_address)
+    assert engine.cpus() == 2
+    engine.close()
+    assert ray.is_initialized()
