@@ -8,6 +8,7 @@ server), so the records must be equal but for the wall-clock times of their requ
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import sys
@@ -18,10 +19,16 @@ import pytest
 from click.testing import CliRunner
 
 from humpback_plugin.commands.augment import augment_command
-from humpback_plugin.core.client import ClientConfig
+from humpback_plugin.core.client import ClientConfig, RequestRejected
 from humpback_plugin.core.config import CurateConfig, RunConfig, parse_config
-from humpback_plugin.core.engine import RayEngine, chunks, make_engine, worker_configs
-from humpback_plugin.core.errors import StageInterrupted, UsageError
+from humpback_plugin.core.engine import (
+    RayEngine,
+    RemoteError,
+    chunks,
+    make_engine,
+    worker_configs,
+)
+from humpback_plugin.core.errors import ServerUnavailable, StageInterrupted, UsageError
 from humpback_plugin.core.store import RecordStore
 from humpback_plugin.stages.augment.stage import augment
 from humpback_plugin.stages.curate.stage import curate
@@ -241,3 +248,37 @@ def test_closing_an_engine_that_joined_a_cluster_leaves_it_running(ray_address):
     assert engine.cpus() == 2
     engine.close()
     assert ray.is_initialized()
+
+
+async def _echo_or_fail(client, item: str, key: str) -> list[dict]:
+    """A stage's work for the test below: fails in three different ways on three items."""
+    if item == "bug":
+        raise ValueError("a bug in a plugin")
+    if item == "refused":
+        raise RequestRejected(400, "prompt too long", "http://x/v1/completions")
+    if item == "gone":
+        raise ServerUnavailable("no answer after 3 attempts")
+    return [{"item": item, "key_seen": key}]
+
+
+def test_model_calls_bring_back_records_and_each_kind_of_error(engine):
+    config = ClientConfig(base_urls=["http://127.0.0.1:9/v1"], model="m", concurrency=4)
+
+    async def go():
+        async with engine.model_calls("t", config, _echo_or_fail, window=8) as calls:
+            items = ["a", "bug", "b", "refused", "gone", "c"]
+            results = await asyncio.gather(
+                *(calls.submit(item, f"k-{item}") for item in items), return_exceptions=True
+            )
+        return dict(zip(items, results, strict=True)), calls.workers
+
+    results, workers = asyncio.run(go())
+    assert workers == 2
+    assert results["a"] == [{"item": "a", "key_seen": "k-a"}]
+    assert results["c"] == [{"item": "c", "key_seen": "k-c"}]
+    assert isinstance(results["bug"], RemoteError) and "a bug in a plugin" in str(results["bug"])
+    assert "Traceback" in str(results["bug"])
+    refused = results["refused"]
+    assert isinstance(refused, RequestRejected) and refused.status_code == 400
+    assert refused.message == "prompt too long"
+    assert isinstance(results["gone"], ServerUnavailable)

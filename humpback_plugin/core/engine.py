@@ -157,10 +157,8 @@ class RemoteCalls:
         try:
             outcomes, (worker, stats) = await self.dispatch([(item, key) for item, key, _ in live])
             self.stats_by_worker[worker] = stats
-        except Exception as exc:  # the worker died, Ray went away: stop, resumable
-            outcomes = [("unavailable", f"a worker failed: {type(exc).__name__}: {exc}")] * len(
-                live
-            )
+        except Exception as exc:  # e.g. the worker cannot import this package: show why
+            outcomes = [("error", f"{type(exc).__name__}: {exc}", "")] * len(live)
         for (_item, _key, fut), outcome in zip(live, outcomes, strict=True):
             if not fut.done():
                 fut.set_result(outcome)
@@ -323,6 +321,10 @@ class RayEngine:
             load[index] += len(batch)
             try:
                 return await actors[index].run.remote(batch)
+            except ray.exceptions.RayActorError as exc:
+                # The actor (or its node) is gone: stop like an unreachable server, resumable.
+                lost = ("unavailable", f"a Ray actor died ({type(exc).__name__})")
+                return [lost] * len(batch), (f"lost-{index}", ClientStats())
             finally:
                 load[index] -= len(batch)
 
@@ -330,9 +332,11 @@ class RayEngine:
         try:
             yield calls
         finally:
-            await calls.drain()
+            # Actors first: a batch still out after a stop would otherwise be waited for
+            # (up to its retry deadline); its results are no longer wanted.
             for actor in actors:
                 ray.kill(actor)
+            await calls.drain()
 
     def close(self) -> None:
         """Stop the local instance started here, or disconnect from the cluster."""
