@@ -1,5 +1,7 @@
-"""``--engine ray``: a real local Ray instance (``ray.init(num_cpus=2)``), the project's
-client in Ray actors, this process the only writer of the store.
+"""``--engine ray``: a real local Ray instance (``ray.init(num_cpus=2)``, the session fixture
+``ray_address`` in conftest.py), the project's client in Ray actors, this process the only
+writer of the store. The SIGKILL-and-resume case for Ray is in test_faults.py, beside the
+local engine's.
 
 Each case compares the Ray engine's final datasets with the local engine's for the same
 inputs: the stub's answers are a function of the prompt (what greedy decoding is on a real
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,40 +30,16 @@ from humpback_plugin.core.engine import (
     worker_configs,
 )
 from humpback_plugin.core.errors import ServerUnavailable, StageInterrupted, UsageError
-from humpback_plugin.core.store import RecordStore
 from humpback_plugin.stages.augment.stage import augment
 from humpback_plugin.stages.curate.stage import curate
 from tests.stub_openai import StubOpenAI, StubRequest, StubResponse, error
 from tests.test_faults import (
     RUN_FIELDS,
-    assert_store_has_each_key_once,
-    cli_args,
     comparable,
     deterministic_answer,
-    kill_when,
-    leftovers,
     read_jsonl,
-    run_cli,
-    slow,
-    store_lines,
     write_segments,
 )
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    """A local Ray instance for this module; its address lets CLI subprocesses join it."""
-    try:
-        import ray
-    except ImportError:
-        if os.environ.get("HUMPBACK_REQUIRE_REAL"):
-            pytest.fail("Ray is not installed (pip install -e '.[ray]')", pytrace=False)
-        pytest.skip("Ray is not installed")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture
@@ -181,43 +158,6 @@ def test_engine_ray_in_the_run_config_and_without_ray_installed(monkeypatch):
          "m", "--ray-actors", "2"],
     )  # fmt: skip
     assert result.exit_code == 2 and "need --engine ray" in result.output
-
-
-@pytest.mark.parametrize("command", ["augment", "curate"])
-def test_sigkill_mid_stage_on_ray_then_rerun_equals_the_local_engine(
-    tmp_path, command, ray_address
-):
-    """The driver (``humpback ... --engine ray``, joined to the test's Ray instance as to a
-    cluster) is SIGKILLed mid-stage; the same command again sends only what was not
-    stored, and the datasets equal an uninterrupted local-engine run's."""
-    n = 40
-    ray_args = ("--engine", "ray", "--ray-address", ray_address, "--ray-actors", "2")
-    segments = write_segments(tmp_path / "segments.jsonl", n)
-    with StubOpenAI(slow(0.05)) as stub:
-        src = segments
-        if command == "curate":
-            src = tmp_path / "candidates.jsonl"
-            run_cli(cli_args("augment", segments, src, stub))
-        reference = tmp_path / "reference" / "out.jsonl"
-        run_cli(cli_args(command, src, reference, stub))
-
-        out = tmp_path / "killed" / "out.jsonl"
-        store = Path(f"{out}.parts") / (
-            "generations.jsonl" if command == "augment" else "scored.jsonl"
-        )
-        args = cli_args(command, src, out, stub, *ray_args)
-        assert kill_when(args, lambda: store_lines(store) >= 8, timeout=180)
-        saved = store_lines(store)
-        assert 0 < saved < n, "the kill must land mid-stage"
-        assert not out.exists() and leftovers(out.parent) == []
-        before = len(stub.generation_requests)
-        proc = run_cli(args)
-        resumed = len(stub.generation_requests) - before
-    assert resumed == n - saved, "only the unfinished inputs are asked again"
-    assert "done before (resumed)" in proc.stderr
-    assert comparable(out) == comparable(reference)
-    assert_store_has_each_key_once(store, n)
-    assert len(RecordStore(store)) == n
 
 
 def test_curate_settings_travel_to_the_actors(tmp_path, engine):
