@@ -182,3 +182,26 @@ def test_sigkill_mid_stage_then_resume_loses_and_doubles_nothing(tmp_path, kill_
         json.loads(x)["output"] == json.loads(x)["input"].upper()
         for x in out.read_text().splitlines()
     )
+
+
+def test_content_hash_fast_path_is_the_json_hash():
+    """Keys made by earlier versions stay valid: the orjson path hashes the same bytes."""
+    import hashlib
+    import random
+
+    from humpback_plugin.core.hashing import content_hash
+
+    def by_json(*parts):
+        blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+    rng = random.Random(0)
+    alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\U0001f600", '"', "\\", "\x7f"]
+    for _ in range(3000):
+        parts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+                 for _ in range(rng.randint(1, 3))]  # fmt: skip
+        assert content_hash(*parts) == by_json(*parts)
+    assert content_hash("a", 0.00001, {"b": 1}) == by_json("a", 0.00001, {"b": 1})
+    for fn in (content_hash, by_json):  # a lone surrogate fails the same way on both paths
+        with pytest.raises(UnicodeEncodeError):
+            fn("lone \ud800")
