@@ -34,6 +34,7 @@ unit:
 bench: setup
 	python bench/bench_segment.py
 	python bench/bench_generation.py
+	python bench/bench_client.py
 
 clean:
 	rm -rf .venv .humpback runs
