@@ -48,8 +48,8 @@ def engine(ray_address):
 
 
 def no_times(path: Path) -> list[dict]:
-    """Records without the times of their requests, and without the stub's URL (each run
-    has its own stub port)."""
+    """Records without the times of their requests and without which of the two servers
+    answered: routing, like timing, is a fact of the run, not of the data."""
     rows = comparable(path, drop=(*RUN_FIELDS[:2], "server_url"))
     return rows
 
