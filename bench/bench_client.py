@@ -26,6 +26,8 @@ a run slower.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import random
@@ -42,6 +44,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from humpback_plugin.core.client import ClientConfig, ClientStats  # noqa: E402
+from humpback_plugin.core.engine import RemoteCalls  # noqa: E402
+from humpback_plugin.core.hashing import content_hash  # noqa: E402
+from humpback_plugin.stages.augment.stage import augment_async  # noqa: E402
 from tests.fast_stub import FastStub  # noqa: E402
 
 WORDS = [
@@ -156,6 +162,44 @@ def compare(args: argparse.Namespace, tmp: Path, url: str) -> dict[str, Any]:
     return results
 
 
+class InstantWorkers:
+    """An engine whose workers answer at once: what is left is the driver's own work per
+    record under --engine ray (read and validate the input, key, skip, store, final files)."""
+
+    name = "instant"
+
+    @contextlib.asynccontextmanager
+    async def model_calls(self, name: str, client_config: Any, work: Any, *, window: int):
+        calls = RemoteCalls(dispatch=self.answer, batch_size=64, workers=1)
+        yield calls
+
+    @staticmethod
+    async def answer(batch: list[tuple[Any, str]]) -> tuple[list[tuple], Any]:
+        outcomes = []
+        for segment, _key in batch:
+            instruction = f"What does part {segment.id} of the guide explain?"
+            outcomes.append(("ok", [{
+                "id": content_hash("candidate", segment.id, instruction),
+                "segment_id": segment.id, "instruction": instruction, "output": segment.text,
+                "header": segment.header, "source": segment.source, "finish_reason": "stop",
+                "provenance": {"server_url": "http://x/v1", "model": "stub", "params": {}},
+                "choice_index": 0,
+            }]))  # fmt: skip
+        return outcomes, ("instant", ClientStats())
+
+
+def driver_cost(tmp: Path, url: str) -> float:
+    """CPU microseconds per record of the driver alone (augment, --engine ray's share)."""
+    segments = tmp / "segments.jsonl"
+    out = fresh(tmp / "driver.jsonl")
+    config = ClientConfig(base_urls=[url], model="stub")
+    rows = segments.read_bytes().count(b"\n")
+    started = time.process_time()
+    asyncio.run(augment_async(segments, out, client_config=config, preflight=False,
+                              show_progress=False, engine=InstantWorkers()))  # fmt: skip
+    return (time.process_time() - started) / rows * 1e6
+
+
 def scaling(args: argparse.Namespace, tmp: Path, url: str) -> dict[str, Any]:
     n = args.requests
     segments = tmp / "segments.jsonl"
@@ -210,6 +254,9 @@ def main() -> None:
         with FastStub() as stub:
             results: dict[str, Any] = {"load_before": [round(x, 2) for x in load]}
             results.update(compare(args, tmp, stub.base_url))
+            results["driver_cpu_us"] = round(driver_cost(tmp, stub.base_url), 1)
+            print(f"  driver alone (--engine ray's share): {results['driver_cpu_us']} us CPU "
+                  "per record", file=sys.stderr)  # fmt: skip
             if args.scaling:
                 results["scaling"] = scaling(args, tmp, stub.base_url)
             results["load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -225,6 +272,8 @@ def main() -> None:
               f"{r['bare_cpu_us']} / {r['pipeline_cpu_us']} | {r['cpu_ratio']:.2f} | "
               f"{1e6 / r['pipeline_cpu_us']:,.0f} req/s |")  # fmt: skip
     print("targets: >= 3,000 requests/s and >= 0.5 of the bare client's rate")
+    print(f"driver alone: {results['driver_cpu_us']} us CPU per record "
+          f"({1e6 / results['driver_cpu_us']:,.0f} records/s on one core)")  # fmt: skip
     print(f"\nload average before {results['load_before']}, after {results['load_after']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
