@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from humpback_plugin.cli import cli
 from humpback_plugin.commands.augment import augment_command
 from humpback_plugin.core.client import ClientConfig, RequestRejected
 from humpback_plugin.core.config import CurateConfig, RunConfig, parse_config
@@ -40,6 +44,7 @@ from tests.test_faults import (
     read_jsonl,
     write_segments,
 )
+from tests.test_pipeline import make_config, stub_handler
 
 
 @pytest.fixture
@@ -222,3 +227,28 @@ def test_model_calls_bring_back_records_and_each_kind_of_error(engine):
     assert isinstance(refused, RequestRejected) and refused.status_code == 400
     assert refused.message == "prompt too long"
     assert isinstance(results["gone"], ServerUnavailable)
+
+
+def test_humpback_run_with_engine_ray_in_the_config_equals_a_local_run(tmp_path, ray_address):
+    """``engine: ray`` in the run config: augment and both curation stages run from Ray
+    actors, and every dataset of the run equals the local engine's."""
+    with StubOpenAI(stub_handler, models=("stub",)) as stub:
+        # One set of inputs (their paths are in the records), two run directories, each
+        # with the "trained" model markers make_config leaves in tmp_path/run.
+        config_path = make_config(tmp_path, stub.base_url)
+        shutil.copytree(tmp_path / "run", tmp_path / "run-ray")
+        runs = {"local": tmp_path / "run", "ray": tmp_path / "run-ray"}
+        for engine_name, run_dir in runs.items():
+            config = yaml.safe_load(config_path.read_text())
+            if engine_name == "ray":
+                config.update(engine="ray", ray_address=ray_address, ray_actors=2)
+            path = tmp_path / f"{engine_name}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            result = CliRunner().invoke(cli, ["run", "-c", str(path), str(run_dir)])
+            assert result.exit_code == 0, result.output
+    manifest = json.loads((runs["ray"] / "manifest.json").read_text())
+    assert manifest["config"]["engine"] == "ray"
+    for dataset in ("augment/candidates.jsonl", "curate_1/scored.jsonl", "curate_2/curated.jsonl",
+                    "m2/data/m2.jsonl"):  # fmt: skip
+        local, ray_rows = (no_times(runs[e] / dataset) for e in ("local", "ray"))
+        assert ray_rows == local and local, dataset
