@@ -231,8 +231,8 @@ def scaling(args: argparse.Namespace, tmp: Path, url: str) -> dict[str, Any]:
         return table
     for k in (1, 2, 4):
         out = fresh(tmp / f"ray{k}.jsonl")
-        whole = timed(pipeline_cmd("augment", segments, out, url, args.concurrency, "-q",
-                                   "--engine", "ray", "--ray-actors", str(k)))  # fmt: skip
+        whole, _cpu = timed(pipeline_cmd("augment", segments, out, url, args.concurrency, "-q",
+                                         "--engine", "ray", "--ray-actors", str(k)))  # fmt: skip
         stage = stage_seconds(out)
         table["ray_actors"][k] = {"stage": round(n / stage), "whole_process": round(n / whole)}
         print(f"  {k} Ray actor(s): {n / stage:,.0f} requests/s in the stage, "
@@ -246,6 +246,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--scaling", action="store_true", help="add the scaling table")
+    parser.add_argument("--only-scaling", action="store_true", help="the scaling table alone")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="humpback-bench-client-"))
@@ -253,6 +254,11 @@ def main() -> None:
     try:
         with FastStub() as stub:
             results: dict[str, Any] = {"load_before": [round(x, 2) for x in load]}
+            if args.only_scaling:
+                write_segments(tmp / "segments.jsonl", args.requests)
+                results["scaling"] = scaling(args, tmp, stub.base_url)
+                print(json.dumps(results["scaling"]))
+                return
             results.update(compare(args, tmp, stub.base_url))
             results["driver_cpu_us"] = round(driver_cost(tmp, stub.base_url), 1)
             print(f"  driver alone (--engine ray's share): {results['driver_cpu_us']} us CPU "
