@@ -215,7 +215,12 @@ class OpenAIClient:
         if self._http is None:
             aiohttp = _aiohttp()
             self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s, connect=10.0),
+                # timeout_s bounds the wait for the answer (and between its bytes), not the
+                # connection set-up, which gets 10 s of its own: as httpx's read and connect
+                # timeouts did, so a loaded machine's slow connect is not a timeout.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=10.0, sock_read=self.config.timeout_s
+                ),
                 connector=aiohttp.TCPConnector(
                     limit=self._slot_count + 4, limit_per_host=0, ttl_dns_cache=300
                 ),
