@@ -49,7 +49,7 @@ from tests.test_pipeline import make_config, stub_handler
 
 @pytest.fixture
 def engine(ray_address):
-    return RayEngine(address=ray_address, actors=2)
+    return make_engine("ray", address=ray_address, actors=2)
 
 
 def no_times(path: Path) -> list[dict]:
@@ -70,8 +70,8 @@ def test_map_ordered_keeps_input_order_across_workers(engine):
         x * x for x in range(300)
     ]
     assert list(engine.map_ordered(square, [], chunk_size=4)) == []
-    local = make_engine("local")
-    assert list(local.map_ordered(square, range(5), chunk_size=2)) == [0, 1, 4, 9, 16]
+    with make_engine("local", workers=2) as local:
+        assert list(local.map_ordered(square, range(5), chunk_size=2)) == [0, 1, 4, 9, 16]
 
 
 def _sleepy_square(delay: float, x: int) -> int:
@@ -147,6 +147,8 @@ def test_engine_ray_in_the_run_config_and_without_ray_installed(monkeypatch):
     )
     assert (config.engine, config.ray_address, config.ray_actors) == ("ray", "auto", 4)
     assert RunConfig.model_fields["engine"].default == "local"
+    with pytest.raises(UsageError, match="unknown engine 'dask'; available: local, ray"):
+        make_engine("dask")
     # No Ray: the error says how to install it, before any request.
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UsageError, match=r"pip install 'humpback-plugin\[ray\]'"):

@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from humpback_plugin.core.client import ClientConfig, load_api_key
-from humpback_plugin.core.config import ENGINES, ClientSettings, RunConfig, default
-from humpback_plugin.core.engine import Engine, make_engine
+from humpback_plugin.core.config import ClientSettings, RunConfig, default
+from humpback_plugin.core.engine import ENGINES, Engine, engine_for
 from humpback_plugin.core.errors import HumpbackError, UsageError
 
 
@@ -170,7 +170,7 @@ shard_option = click.option(
 engine_options = options(
     click.option(
         "--engine",
-        type=click.Choice(ENGINES),
+        type=click.Choice(sorted(ENGINES)),
         default=default(RunConfig, "engine"),
         show_default=True,
         help="local: requests from this process. ray: from Ray actors on a Ray cluster "
@@ -195,9 +195,7 @@ def opened_engine(
     engine: str, ray_address: str | None = None, ray_actors: int | None = None
 ) -> Iterator[Engine]:
     """The engine the options name, released (a local Ray instance stopped) afterwards."""
-    if engine != "ray" and (ray_address or ray_actors):
-        raise UsageError("--ray-address and --ray-actors need --engine ray")
-    opened = make_engine(engine, ray_address=ray_address, ray_actors=ray_actors)
+    opened = engine_for(engine, ray_address, ray_actors)
     try:
         yield opened
     finally:

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from humpback_plugin.commands.common import command
-from humpback_plugin.core.config import ENGINES, load_config
+from humpback_plugin.core.config import load_config
+from humpback_plugin.core.engine import ENGINES
 from humpback_plugin.core.errors import TrainingPending, UsageError
 from humpback_plugin.core.layout import RunLayout
 from humpback_plugin.run.demo import DEMO_UNTIL, demo_config
@@ -38,7 +39,7 @@ from humpback_plugin.run.report import build_report
 )
 @click.option(
     "--engine",
-    type=click.Choice(ENGINES),
+    type=click.Choice(sorted(ENGINES)),
     help="Where the model-calling stages send from: local or ray (default: the config's "
     "`engine`, else local).",
 )

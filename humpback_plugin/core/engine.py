@@ -1,37 +1,46 @@
-"""Engines: where a stage's work runs. Picked by name (``--engine``, ``engine:`` in the run
-config): ``local`` (this machine) or ``ray`` (a Ray cluster, or a local Ray instance).
+"""Engines: where a stage's pure per-item work runs (this process, local cores, a cluster).
 
-The contract every engine keeps (shared by the CPU stages and the model-calling ones):
+The contract is one method. ``engine.map_ordered(fn, items, chunk_size=K)`` calls
+``fn(item)`` for every item of the (possibly endless, lazily consumed) iterable and yields
+the results **in input order**, with a **bounded** number of items in flight, so memory
+does not grow with the input. ``fn`` must be picklable: a top-level function, or a
+``functools.partial`` of one with picklable arguments. It must not rely on state of the
+calling process other than what it builds itself (a worker may cache what it builds,
+keyed by its arguments). An exception raised by ``fn`` is raised by ``map_ordered``. An
+engine is a context manager (``close()`` on exit stops its workers, also when the caller
+stops iterating early).
 
-* ``map_ordered(fn, items, *, chunk_size) -> Iterator[result]``: ``fn(item)`` for every
-  item, results in input order, at most a bounded number of chunks in flight (memory stays
-  flat on a half-million-item stream). ``fn`` is a picklable top-level function (or a
-  ``functools.partial`` of one, or an instance of a top-level class); it runs where the
-  engine puts it, so it must not rely on the caller's process state.
-* ``close()``: release what the engine started (a local Ray instance, worker processes).
-* Optional, for model-calling stages: ``model_calls(client_config, work, window=...)``, an
-  async context manager giving a :class:`RemoteCalls` whose ``submit(item, key)`` does
-  ``work(client, item, key)`` elsewhere. Engines without it run model calls in the stage's
-  own event loop (:func:`humpback_plugin.core.runner.run_model_stage`).
+Engines are picked by name from :data:`ENGINES` (``corpus.engine``, ``--engine``):
+``local`` is :class:`LocalEngine` (``multiprocessing``, one worker per core by default;
+one worker runs in the calling process, with no pool). Another engine (a cluster) is a
+class with the same constructor arguments and methods, added to :data:`ENGINES` under its
+name: ``ray`` is :class:`RayEngine` (a Ray cluster, or a local Ray instance).
 
-In every engine the calling process stays the only writer of the record store: workers
-return records, the driver appends them. A re-run therefore resumes exactly as with the
-local engine (only unfinished keys are sent), and the final files are written by the same
-code in the same input order, so they are identical for the same answers.
+Model-calling stages: an engine may also offer ``model_calls(name, client_config, work,
+window=...)``, an async context manager giving a :class:`RemoteCalls` whose
+``submit(item, key)`` does ``work(client, item, key)`` elsewhere (Ray actors, each with
+the project's client). Engines without it (``local``) run the requests in the stage's own
+event loop (:func:`humpback_plugin.core.runner.run_model_stage`). In every engine the
+calling process stays the only writer of the record store: workers return records, the
+driver appends them, so a re-run resumes exactly as with the local engine and the final
+files are written by the same code in the same input order.
 """
 
 from __future__ import annotations
 
+# --- for the Ray engine below
 import asyncio
-import collections
 import contextlib
-import itertools
+import copy
 import logging
 import math
+import multiprocessing
 import os
 import traceback
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Protocol, TypeVar
 
 from humpback_plugin.core.client import (
@@ -40,65 +49,130 @@ from humpback_plugin.core.client import (
     OpenAIClient,
     RequestRejected,
 )
-from humpback_plugin.core.config import ENGINES
-from humpback_plugin.core.errors import ServerUnavailable, StageInterrupted, UsageError
+from humpback_plugin.core.errors import (
+    HumpbackError,
+    ServerUnavailable,
+    StageInterrupted,
+    UnknownComponent,
+    UsageError,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
 RAY_INSTALL_HINT = "pip install 'humpback-plugin[ray]'"
-
 Work = Callable[[OpenAIClient, Any, str], Awaitable[list[dict[str, Any]]]]
 
 
+def available_cores() -> int:
+    """The cores this process may run on (the CPU affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 class Engine(Protocol):
+    """What a stage needs from an engine (see the module docstring)."""
+
     name: str
+    workers: int
 
     def map_ordered(
-        self, fn: Callable[[T], R], items: Iterable[T], *, chunk_size: int = 64
-    ) -> Iterator[R]: ...
+        self, fn: Callable[[Any], Any], items: Iterable[Any], *, chunk_size: int = 1
+    ) -> Iterator[Any]: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class WorkerError(HumpbackError):
+    """An error in a worker that could not travel back as itself."""
+
+
+def _run_chunk(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
+    try:
+        return [fn(item) for item in chunk]
+    except Exception as exc:
+        # An exception that cannot be rebuilt in the calling process (a class whose
+        # __init__ wants other arguments) would leave the pool waiting forever.
+        try:
+            copy.deepcopy(exc)
+        except Exception:  # noqa: BLE001 - any failure means it cannot travel
+            raise WorkerError(f"{type(exc).__name__}: {exc}") from None
+        raise
+
+
+class LocalEngine:
+    """``workers`` processes on this machine (default: every available core).
+
+    At most ``max_in_flight`` chunks of ``chunk_size`` items are submitted and not yet
+    yielded (default two per worker), so at most ``max_in_flight * chunk_size`` items and
+    their results are held at once. Workers are forked where the OS allows it, so they see
+    the plugins this process loaded (also ones registered at run time).
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, max_in_flight: int | None = None) -> None:
+        self.workers = max(1, workers or available_cores())
+        self.max_in_flight = max(1, max_in_flight or 2 * self.workers)
+        self._pool: Any = None
+
+    def start(self) -> LocalEngine:
+        """Start the worker processes now (before the caller starts threads of its own,
+        such as a progress bar: forking a threaded process is unsafe)."""
+        if self.workers > 1 and self._pool is None:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self._pool = context.Pool(self.workers)
+        return self
+
+    def map_ordered(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], *, chunk_size: int = 1
+    ) -> Iterator[Any]:
+        chunk_size = max(1, chunk_size)
+        if self.workers == 1:
+            for item in items:
+                yield fn(item)
+            return
+        self.start()
+        source = iter(items)
+        pending: deque[Any] = deque()
+        try:
+            while True:
+                while len(pending) < self.max_in_flight:
+                    chunk = list(islice(source, chunk_size))
+                    if not chunk:
+                        break
+                    pending.append(self._pool.apply_async(_run_chunk, (fn, chunk)))
+                if not pending:
+                    return
+                yield from pending.popleft().get()
+        except BaseException:
+            # An error in fn, or the caller stopped early: drop the work still queued.
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> LocalEngine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
+    while chunk := list(islice(iterator, size)):
         yield chunk
-
-
-def apply_chunk(fn: Callable[[T], R], chunk: list[T]) -> list[R]:
-    """What a worker runs: ``fn`` over one chunk (top level, so workers can import it)."""
-    return [fn(item) for item in chunk]
-
-
-class InProcessEngine:
-    """Everything in this process: ``map_ordered`` is ``map``. The local engine of the
-    model-calling stages (their requests already overlap in one event loop)."""
-
-    name = "local"
-
-    def map_ordered(
-        self, fn: Callable[[T], R], items: Iterable[T], *, chunk_size: int = 64
-    ) -> Iterator[R]:
-        return map(fn, items)
-
-    def close(self) -> None:
-        pass
-
-
-def make_engine(
-    name: str,
-    *,
-    ray_address: str | None = None,
-    ray_actors: int | None = None,
-) -> Engine:
-    """An engine by name; ``ray`` without Ray installed says how to install it."""
-    if name == "local":
-        return InProcessEngine()
-    if name == "ray":
-        return RayEngine(address=ray_address, actors=ray_actors)
-    raise UsageError(f"unknown engine {name!r}; available: {', '.join(ENGINES)}")
 
 
 # --- Ray ------------------------------------------------------------------------------------
@@ -246,8 +320,9 @@ class RayEngine:
     """Stages on a Ray cluster (``address``: ``auto``, ``ray://head:10001``, or None for
     ``$RAY_ADDRESS`` or else a local Ray instance started here and stopped by ``close``).
 
-    * ``map_ordered``: chunks of items as Ray tasks across the cluster's CPUs, results in
-      input order, at most ``2 x CPUs`` chunks in flight.
+    * ``map_ordered``: chunks of items as Ray tasks across the cluster's CPUs (``workers``:
+      at most that many CPUs' worth, default all), results in input order, at most
+      ``2 x workers`` chunks in flight.
     * model calls: ``actors`` Ray actors (default: one per server URL), each with the
       project's client over every URL and its share of the per-URL concurrency, spread
       over the nodes; the driver sends them batches and stores what comes back.
@@ -255,11 +330,22 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, actors: int | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        address: str | None = None,
+        actors: int | None = None,
+    ) -> None:
         self.ray = import_ray()
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.actors = actors
+        self._workers = workers
         self._connected_here = False
+
+    @property
+    def workers(self) -> int:
+        """Parallel workers for ``map_ordered``: as asked, else the cluster's CPUs."""
+        return self._workers or self.cpus()
 
     def _connect(self) -> Any:
         ray = self.ray
@@ -287,10 +373,10 @@ class RayEngine:
         self, fn: Callable[[T], R], items: Iterable[T], *, chunk_size: int = 64
     ) -> Iterator[R]:
         ray = self._connect()
-        task = ray.remote(apply_chunk)
-        limit = 2 * self.cpus()
+        task = ray.remote(_run_chunk)
+        limit = 2 * self.workers
         fn_ref = ray.put(fn)
-        pending: collections.deque = collections.deque()
+        pending: deque[Any] = deque()
         for chunk in chunks(items, chunk_size):
             pending.append(task.remote(fn_ref, chunk))
             if len(pending) >= limit:
@@ -343,3 +429,30 @@ class RayEngine:
         if self._connected_here and self.ray.is_initialized():
             self.ray.shutdown()
         self._connected_here = False
+
+    def __enter__(self) -> RayEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"local": LocalEngine, "ray": RayEngine}
+
+
+def engine_for(name: str, ray_address: str | None = None, ray_actors: int | None = None) -> Engine:
+    """The engine of the model-calling stages' options (``--engine``, ``--ray-address``,
+    ``--ray-actors``; ``engine``, ``ray_address``, ``ray_actors`` in the run config)."""
+    if name == "ray":
+        return make_engine("ray", address=ray_address, actors=ray_actors)
+    if ray_address or ray_actors:
+        raise UsageError("--ray-address and --ray-actors need --engine ray")
+    return make_engine(name)
+
+
+def make_engine(name: str = "local", workers: int | None = None, **options: Any) -> Engine:
+    # ``options``: the engine's own (RayEngine: address, actors).
+    """An engine by name (``workers`` None: every available core)."""
+    if name not in ENGINES:
+        raise UnknownComponent(f"unknown engine {name!r}; available: {', '.join(sorted(ENGINES))}")
+    return ENGINES[name](workers=workers, **options)

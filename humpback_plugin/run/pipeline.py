@@ -22,7 +22,7 @@ from humpback_plugin.axolotl.training import is_trained, train
 from humpback_plugin.core.client import ClientConfig, load_api_key
 from humpback_plugin.core.config import ClientSettings, RunConfig, dump_config
 from humpback_plugin.core.console import Say, say
-from humpback_plugin.core.engine import Engine, make_engine
+from humpback_plugin.core.engine import Engine, engine_for
 from humpback_plugin.core.errors import TrainingPending, UsageError
 from humpback_plugin.core.layout import RunLayout, stage_names
 from humpback_plugin.core.manifest import Manifest
@@ -94,7 +94,7 @@ class Pipeline:
         few seconds) and kept for every model-calling stage of this run."""
         if self._engine is None:
             c = self.config
-            self._engine = make_engine(c.engine, ray_address=c.ray_address, ray_actors=c.ray_actors)
+            self._engine = engine_for(c.engine, c.ray_address, c.ray_actors)
         return self._engine
 
     def _run_stage(self, name: str, wait: bool) -> None:
