@@ -10,6 +10,7 @@ import click
 
 from humpback_plugin.commands.common import command
 from humpback_plugin.core.config import load_config
+from humpback_plugin.core.engine import ENGINES
 from humpback_plugin.core.errors import TrainingPending, UsageError
 from humpback_plugin.core.layout import RunLayout
 from humpback_plugin.run.demo import DEMO_UNTIL, demo_config
@@ -36,6 +37,13 @@ from humpback_plugin.run.report import build_report
     show_default=True,
     help="When not training ourselves, wait for the printed training command's output.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(sorted(ENGINES)),
+    help="Where the model-calling stages send from: local or ray (default: the config's "
+    "`engine`, else local).",
+)
+@click.option("--ray-address", help="The Ray cluster (default: the config's `ray_address`).")
 def run_command(
     run_dir: Path,
     config_path: Path | None,
@@ -44,6 +52,8 @@ def run_command(
     from_stage: str | None,
     train: bool | None,
     wait: bool,
+    engine: str | None,
+    ray_address: str | None,
 ) -> None:
     """Run the whole Humpback loop in RUN_DIR, resumably.
 
@@ -60,6 +70,7 @@ def run_command(
       humpback run --demo runs/demo            # small CPU run on the embedded vLLM
       humpback run -c my.yaml runs/r1 --until m0_data
       humpback run runs/r1 --train             # resume, running Axolotl here
+      humpback run runs/r1 --engine ray --ray-address auto   # on a Ray cluster
     """
     t0 = time.monotonic()
     layout = RunLayout(run_dir)
@@ -74,6 +85,10 @@ def run_command(
         raise UsageError("give --config FILE (or --demo) for a new run directory")
     if train is not None:
         config.training.execute = train
+    if engine is not None:
+        config.engine = engine  # type: ignore[assignment]
+    if ray_address is not None:
+        config.ray_address = ray_address
     try:
         Pipeline(run_dir, config).run(until=until, from_stage=from_stage, wait_for_training=wait)
     except TrainingPending as exc:
