@@ -321,3 +321,30 @@ def test_eval_generate_on_ray_equals_the_local_engine(tmp_path, engine):
     assert ray_summary["answered"] == local_summary["answered"] == 12
     assert ray_summary["requests"] == local_summary["requests"] == 12
     assert len(asked) == 24 and len(set(asked)) == 12
+
+
+def test_run_eval_generate_with_engine_ray_equals_a_local_run(tmp_path, ray_address):
+    """``engine: ray`` for the evaluation's answers in ``humpback run``: the last model's
+    system conditions are answered together, each from its own Ray actors (more actors than
+    the instance has CPUs: they wait their turn), and every answers file equals a local
+    run's."""
+    from tests.test_eval_pipeline import MODELS, eval_config, handler
+
+    with StubOpenAI(handler, models=MODELS) as stub:
+        config_path = eval_config(tmp_path, stub.base_url)
+        shutil.copytree(tmp_path / "run", tmp_path / "run-ray")
+        runs = {"local": tmp_path / "run", "ray": tmp_path / "run-ray"}
+        for engine_name, run_dir in runs.items():
+            args = ["run", "-c", config_path, str(run_dir), "--until", "eval_generate"]
+            if engine_name == "ray":
+                args += ["--engine", "ray", "--ray-address", ray_address]
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 0, result.output
+    names = ["m0", "m1", "m2", "m2.S_a", "m2.S_a+S_w"]
+    for name in names:
+        path = f"eval/outputs/{name}/model_outputs.json"
+        local, ray_rows = (json.loads((runs[e] / path).read_text()) for e in ("local", "ray"))
+        assert ray_rows == local and len(local) == 6, name
+    manifest = json.loads((runs["ray"] / "manifest.json").read_text())
+    assert manifest["config"]["engine"] == "ray"
+    assert sorted(manifest["stages"]["eval_generate"]["stats"]) == sorted(names)
