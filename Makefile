@@ -40,6 +40,7 @@ bench: setup
 	python bench/bench_extraction.py
 	python bench/bench_generation.py
 	python bench/bench_judge.py
+	python bench/bench_client.py
 
 clean:
 	rm -rf .venv .humpback runs

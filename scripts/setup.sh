@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything a fresh clone needs, idempotently:
-#   .venv            the project (editable) with its dev, report and parquet extras
+#   .venv            the project (editable) with its dev, report, parquet and ray extras
+#                    (Ray: the --engine ray tests start a local Ray instance)
 #   .venv-axolotl    Axolotl 0.19 on CPU torch, with the project installed into it, as a
 #                    user would have it (Axolotl pins transformers, pydantic, ... exactly)
 #   .venv-eval       lm-evaluation-harness and alpaca_eval for `humpback eval` (no torch)
@@ -43,7 +44,7 @@ if ! stamp_ok .venv/.humpback-setup "$deps_hash"; then
   say "creating .venv with $($PYTHON --version): the project and its dev tools"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   quiet_pip .venv/bin/pip install -q --upgrade "pip>=24,<27"
-  quiet_pip .venv/bin/pip install -q -e ".[dev,report,parquet]"
+  quiet_pip .venv/bin/pip install -q -e ".[dev,report,parquet,ray]"
   echo "$deps_hash" > .venv/.humpback-setup
   say ".venv ready"
 else

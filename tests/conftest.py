@@ -33,6 +33,24 @@ def shared_file(relative: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ray_address():
+    """A local Ray instance (``ray.init(num_cpus=2)``) for the session, started on first use;
+    its address lets CLI subprocesses join it as they would a cluster. Ray missing is a
+    failure under ``HUMPBACK_REQUIRE_REAL`` (``make test``), else a skip."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("HUMPBACK_REQUIRE_REAL"):
+            pytest.fail("Ray is not installed (pip install -e '.[ray]')", pytrace=False)
+        pytest.skip("Ray is not installed (pip install -e '.[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The read-only public data folder beside the checkout (see :func:`shared_file`)."""
     return shared_file("data")

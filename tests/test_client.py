@@ -1,12 +1,12 @@
-"""The client against scripted transports: routing, retries, rejections, provenance."""
+"""The client against real local HTTP servers: routing, retries, rejections, provenance."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-import httpx
 import pytest
+from aiohttp import web
 
 from humpback_plugin.core.client import (
     ClientConfig,
@@ -16,6 +16,7 @@ from humpback_plugin.core.client import (
     normalize_base_url,
 )
 from humpback_plugin.core.errors import ClientError, ServerUnavailable
+from tests.aio_server import dead_url, serve, truncated
 
 
 def ok_body(text: str = "hi", model: str = "m") -> dict:
@@ -30,9 +31,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def make_client(handler, urls=("http://a:1",), backoff_base=0.001, **kw) -> OpenAIClient:
+def make_client(urls, backoff_base=0.001, **kw) -> OpenAIClient:
     config = ClientConfig(base_urls=list(urls), model="m", **kw)
-    return OpenAIClient(config, transport=httpx.MockTransport(handler), backoff_base=backoff_base)
+    return OpenAIClient(config, backoff_base=backoff_base)
 
 
 def test_normalize_base_url():
@@ -43,30 +44,33 @@ def test_normalize_base_url():
 def test_completion_records_params_and_usage():
     seen = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
-        return httpx.Response(200, json=ok_body("out"))
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.path, json.loads(await request.read())))
+        return web.json_response(ok_body("out"))
 
     async def go():
-        async with make_client(handler) as client:
-            return await client.completion("p", temperature=0.7, top_p=0.9, seed=3)
+        async with serve(handler) as url, make_client([url]) as client:
+            return url, await client.completion("p", temperature=0.7, top_p=0.9, seed=3)
 
-    gen = run(go())
+    url, gen = run(go())
     assert gen.text == "out"
     assert gen.params == {"temperature": 0.7, "top_p": 0.9, "seed": 3}
     assert gen.usage["completion_tokens"] == 1
-    assert seen[0]["model"] == "m" and seen[0]["prompt"] == "p"
+    path, body = seen[0]
+    assert path == "/v1/completions"
+    assert body["model"] == "m" and body["prompt"] == "p"
     prov = gen.provenance("abc")
-    assert prov["server_url"] == "http://a:1/v1" and prov["template_hash"] == "abc"
+    assert prov["server_url"] == f"{url}/v1" and prov["template_hash"] == "abc"
 
 
 def test_chat_reads_message_content():
-    def handler(request):
+    async def handler(request):
+        assert request.path == "/v1/chat/completions"
         body = {"choices": [{"index": 0, "message": {"content": "yo"}, "finish_reason": "length"}]}
-        return httpx.Response(200, json=body)
+        return web.json_response(body)
 
     async def go():
-        async with make_client(handler) as client:
+        async with serve(handler) as url, make_client([url]) as client:
             return await client.chat([{"role": "user", "content": "x"}])
 
     gen = run(go())
@@ -77,14 +81,14 @@ def test_chat_reads_message_content():
 def test_retries_transient_status_then_succeeds(status):
     calls = {"n": 0}
 
-    def handler(request):
+    async def handler(request):
         calls["n"] += 1
         if calls["n"] < 3:
-            return httpx.Response(status, text="busy")
-        return httpx.Response(200, json=ok_body())
+            return web.Response(status=status, text="busy")
+        return web.json_response(ok_body())
 
     async def go():
-        async with make_client(handler) as client:
+        async with serve(handler) as url, make_client([url]) as client:
             gen = await client.completion("p")
             return gen, client.stats.retries
 
@@ -92,52 +96,77 @@ def test_retries_transient_status_then_succeeds(status):
     assert gen.attempts == 3 and retries == 2
 
 
-def test_truncated_json_body_is_retried():
+@pytest.mark.parametrize("fault", ["invalid_json", "cut_short"])
+def test_truncated_json_body_is_retried(fault):
     calls = {"n": 0}
 
-    def handler(request):
+    async def handler(request):
         calls["n"] += 1
         if calls["n"] == 1:
-            return httpx.Response(200, content=b'{"choices": [{"te')
-        return httpx.Response(200, json=ok_body())
+            if fault == "invalid_json":  # complete HTTP answer, broken JSON
+                return web.Response(body=b'{"choices": [{"te', content_type="application/json")
+            return await truncated(request, json.dumps(ok_body()).encode())
+        return web.json_response(ok_body())
 
     async def go():
-        async with make_client(handler) as client:
+        async with serve(handler) as url, make_client([url]) as client:
             return await client.completion("p")
 
     assert run(go()).attempts == 2
 
 
 def test_connection_errors_exhaust_into_server_unavailable():
-    def handler(request):
-        raise httpx.ConnectError("refused", request=request)
-
     async def go():
-        async with make_client(handler, max_retries=3) as client:
+        async with make_client([dead_url()], max_retries=3) as client:
             await client.completion("p")
 
     with pytest.raises(ServerUnavailable, match="4 attempts"):
         run(go())
 
 
+def test_slow_answer_times_out_and_is_retried():
+    calls = {"n": 0}
+
+    async def handler(request):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            await asyncio.sleep(1.0)
+        return web.json_response(ok_body())
+
+    async def go():
+        async with serve(handler) as url, make_client([url], timeout_s=0.2) as client:
+            return await client.completion("p"), client.stats.retries
+
+    gen, retries = run(go())
+    assert gen.attempts == 2 and retries == 1
+
+
 def test_context_length_400_is_a_rejection_with_the_server_message():
     msg = "This model's maximum context length is 2048 tokens. However, you requested 9000"
 
-    def handler(request):
-        return httpx.Response(400, json={"error": {"message": msg, "type": "BadRequestError"}})
+    async def handler(request):
+        body = {"error": {"message": msg, "type": "BadRequestError"}}
+        return web.json_response(body, status=400)
 
     async def go():
-        async with make_client(handler) as client:
-            await client.completion("p")
+        async with serve(handler) as url, make_client([url]) as client:
+            try:
+                await client.completion("p")
+            finally:
+                assert client.stats.rejected == 1 and client.stats.retries == 0
 
     with pytest.raises(RequestRejected) as info:
         run(go())
     assert info.value.status_code == 400 and "maximum context length" in info.value.message
+    assert info.value.server_url.endswith("/v1/completions")
 
 
 def test_guided_fields_are_refused():
+    async def handler(request):  # pragma: no cover - never reached
+        return web.json_response(ok_body())
+
     async def go():
-        async with make_client(lambda r: httpx.Response(200, json=ok_body())) as client:
+        async with serve(handler) as url, make_client([url]) as client:
             await client.completion("p", guided_choice=["1", "2"])
 
     with pytest.raises(ClientError, match="structured_outputs"):
@@ -145,48 +174,76 @@ def test_guided_fields_are_refused():
 
 
 def test_load_is_spread_over_several_urls():
-    hosts = []
+    hits: dict[str, int] = {}
 
-    async def slow(request):
-        hosts.append(request.url.host)
-        await asyncio.sleep(0.01)
-        return httpx.Response(200, json=ok_body())
+    def counting(name):
+        async def slow(request):
+            hits[name] = hits.get(name, 0) + 1
+            await asyncio.sleep(0.01)
+            return web.json_response(ok_body())
+
+        return slow
 
     async def go():
-        config = ClientConfig(base_urls=["http://a:1", "http://b:1", "http://c:1"], model="m")
-        client = OpenAIClient(config, transport=httpx.MockTransport(slow))
-        async with client:
-            await asyncio.gather(*(client.completion(str(i)) for i in range(30)))
+        async with serve(counting("a")) as a, serve(counting("b")) as b, serve(counting("c")) as c:
+            client = make_client([a, b, c])
+            async with client:
+                await asyncio.gather(*(client.completion(str(i)) for i in range(30)))
+            return client.stats.per_url, [a, b, c]
+
+    per_url, urls = run(go())
+    assert hits == {"a": 10, "b": 10, "c": 10}
+    assert per_url == {f"{u}/v1": 10 for u in urls}
+
+
+def test_per_url_concurrency_is_the_bound():
+    """concurrency=3 with two URLs: at most 6 requests in flight, 3 on each."""
+    state = {"now": 0, "peak": 0}
+
+    async def handler(request):
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0.02)
+        state["now"] -= 1
+        return web.json_response(ok_body())
+
+    async def go():
+        async with (
+            serve(handler) as a,
+            serve(handler) as b,
+            make_client([a, b], concurrency=3) as cl,
+        ):
+            await asyncio.gather(*(cl.completion(str(i)) for i in range(30)))
 
     run(go())
-    assert {h: hosts.count(h) for h in set(hosts)} == {"a": 10, "b": 10, "c": 10}
+    assert state["peak"] == 6
 
 
 def test_dead_url_is_routed_around():
-    def handler(request):
-        if request.url.host == "dead":
-            raise httpx.ConnectError("refused", request=request)
-        return httpx.Response(200, json=ok_body())
+    async def handler(request):
+        return web.json_response(ok_body())
 
     async def go():
-        async with make_client(handler, urls=("http://dead:1", "http://live:1")) as client:
-            gens = [await client.completion(str(i)) for i in range(5)]
-            return gens
+        async with serve(handler) as live:
+            async with make_client([dead_url(), live]) as client:
+                gens = [await client.completion(str(i)) for i in range(5)]
+            return live, gens
 
-    assert all(g.server_url == "http://live:1/v1" for g in run(go()))
+    live, gens = run(go())
+    assert all(g.server_url == f"{live}/v1" for g in gens)
 
 
 def test_preflight_names_wrong_model_and_refused_key():
     def models(names, status=200):
-        def handler(request):
-            if request.url.path.endswith("/models"):
-                return httpx.Response(status, json={"data": [{"id": n} for n in names]})
-            return httpx.Response(200, json=ok_body())
+        async def handler(request):
+            if request.path.endswith("/models"):
+                return web.json_response({"data": [{"id": n} for n in names]}, status=status)
+            return web.json_response(ok_body())
 
         return handler
 
     async def go(handler):
-        async with make_client(handler) as client:
+        async with serve(handler) as url, make_client([url]) as client:
             return await client.preflight()
 
     assert "test_completion" in run(go(models(["m"])))
@@ -194,18 +251,44 @@ def test_preflight_names_wrong_model_and_refused_key():
         run(go(models(["other"])))
     with pytest.raises(ClientError, match="refused the API key"):
         run(go(models([], status=401)))
+    with pytest.raises(ClientError, match="/models answered HTTP 500"):
+        run(go(models([], status=500)))
 
 
 def test_preflight_unreachable_is_clear():
-    def handler(request):
-        raise httpx.ConnectError("refused", request=request)
+    url = dead_url()
 
     async def go():
-        async with make_client(handler) as client:
+        async with make_client([url]) as client:
             await client.preflight()
 
-    with pytest.raises(ClientError, match="cannot reach http://a:1/v1"):
+    with pytest.raises(ClientError, match=f"cannot reach {url}/v1"):
         run(go())
+
+
+def test_prefix_cache_counters_read_from_metrics():
+    metrics = (
+        "# HELP vllm:prefix_cache_queries_total ...\n"
+        'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 120.0\n'
+        'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 90.0\n'
+    )
+
+    async def handler(request):
+        if request.path == "/metrics":
+            return web.Response(text=metrics)
+        return web.Response(status=404)
+
+    async def go():
+        async with serve(handler) as url:
+            async with make_client([url]) as client:
+                counters = await client.prefix_cache_counters()
+            async with make_client([dead_url()]) as client:
+                missing = await client.prefix_cache_counters()
+            return url, counters, missing
+
+    url, counters, missing = run(go())
+    assert counters == {f"{url}/v1": {"queries": 120.0, "hits": 90.0}}
+    assert list(missing.values()) == [None]
 
 
 def test_api_key_sent_but_never_in_errors(tmp_path, monkeypatch):
@@ -217,17 +300,47 @@ def test_api_key_sent_but_never_in_errors(tmp_path, monkeypatch):
     assert load_api_key() == "from-env"
     auth = []
 
-    def handler(request):
+    async def handler(request):
         auth.append(request.headers["authorization"])
-        return httpx.Response(500, text="boom")
+        return web.Response(status=500, text="boom")
 
     async def go():
-        config = ClientConfig(base_urls=["http://a:1"], model="m", api_key=secret, max_retries=1)
-        client = OpenAIClient(config, transport=httpx.MockTransport(handler), backoff_base=0.001)
-        async with client:
-            await client.completion("p")
+        async with serve(handler) as url:
+            config = ClientConfig(base_urls=[url], model="m", api_key=secret, max_retries=1)
+            async with OpenAIClient(config, backoff_base=0.001) as client:
+                assert secret not in repr(client.config)
+                await client.completion("p")
 
     with pytest.raises(ServerUnavailable) as info:
         run(go())
     assert auth[0] == f"Bearer {secret}"
     assert secret not in str(info.value)
+
+
+def test_proxy_from_the_environment_is_honoured(monkeypatch):
+    """HTTP_PROXY sends requests through the proxy; NO_PROXY hosts go direct (as httpx did)."""
+    proxied = []
+
+    async def proxy(request):
+        proxied.append(str(request.url))
+        return web.json_response(ok_body("via proxy"))
+
+    async def direct(request):
+        return web.json_response(ok_body("direct"))
+
+    async def go():
+        async with serve(proxy) as proxy_url, serve(direct) as url:
+            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            monkeypatch.setenv("NO_PROXY", "")
+            monkeypatch.delenv("no_proxy", raising=False)
+            monkeypatch.delenv("http_proxy", raising=False)
+            async with make_client([url]) as client:
+                via = (await client.completion("p")).text
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            async with make_client([url]) as client:
+                straight = (await client.completion("p")).text
+            return url, via, straight
+
+    url, via, straight = run(go())
+    assert via == "via proxy" and proxied == [f"{url}/v1/completions"]
+    assert straight == "direct"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,14 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+from aiohttp import web
 
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.errors import InputError, StageInterrupted
 from humpback_plugin.core.jsonl_io import atomic_writer, iter_jsonl, write_jsonl_atomic
 from humpback_plugin.core.runner import run_stage
 from humpback_plugin.core.store import RecordStore
+from tests.aio_server import dead_url, serve
 
 
 def test_store_appends_and_skips_known_keys(tmp_path):
@@ -69,20 +71,38 @@ def test_iter_jsonl_names_file_and_line(tmp_path):
         list(iter_jsonl(tmp_path / "missing.jsonl"))
 
 
-def _echo_client(delay: float = 0.0, fail_ids: tuple[str, ...] = ()) -> OpenAIClient:
-    async def handler(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
+def _echo_handler(delay: float = 0.0, fail_ids: tuple[str, ...] = ()):
+    async def handler(request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
         await asyncio.sleep(delay)
         if body["prompt"] in fail_ids:
-            return httpx.Response(400, json={"error": {"message": "context length exceeded"}})
+            return web.json_response({"error": {"message": "context length exceeded"}}, status=400)
         text = body["prompt"].upper()
-        return httpx.Response(200, json={"choices": [{"index": 0, "text": text}]})
+        return web.json_response({"choices": [{"index": 0, "text": text}]})
 
-    config = ClientConfig(base_urls=["http://stub:1"], model="m")
-    return OpenAIClient(config, transport=httpx.MockTransport(handler))
+    return handler
 
 
-async def _echo_stage(tmp: Path, inputs: list[str], client: OpenAIClient):
+async def _echo_stage(
+    tmp: Path,
+    inputs: list[str],
+    delay: float = 0.0,
+    fail_ids: tuple[str, ...] = (),
+    server_gone: bool = False,
+):
+    """The echo stage against a real local server (or, ``server_gone``, a refused port)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if server_gone:
+            config = ClientConfig(base_urls=[dead_url()], model="m", max_retries=2)
+            client = OpenAIClient(config, backoff_base=0.001)
+        else:
+            url = await stack.enter_async_context(serve(_echo_handler(delay, fail_ids)))
+            client = OpenAIClient(ClientConfig(base_urls=[url], model="m"))
+        await stack.enter_async_context(client)
+        return await _run_echo(tmp, inputs, client)
+
+
+async def _run_echo(tmp: Path, inputs: list[str], client: OpenAIClient):
     store = RecordStore(tmp / "out.jsonl")
     failures = RecordStore(tmp / "failures.jsonl")
 
@@ -109,25 +129,20 @@ async def _echo_stage(tmp: Path, inputs: list[str], client: OpenAIClient):
 
 def test_stage_records_rejections_and_goes_on(tmp_path):
     inputs = [f"x{i}" for i in range(20)]
-    stats = asyncio.run(_echo_stage(tmp_path, inputs, _echo_client(fail_ids=("x3", "x7"))))
+    stats = asyncio.run(_echo_stage(tmp_path, inputs, fail_ids=("x3", "x7")))
     assert stats.records_written == 18 and stats.failed == 2
     assert stats.failure_reasons == {"http_400": 2}
     failures = [json.loads(x) for x in (tmp_path / "failures.jsonl").read_text().splitlines()]
     assert {f["input_id"] for f in failures} == {"x3", "x7"}
     assert "context length" in failures[0]["message"]
-    again = asyncio.run(_echo_stage(tmp_path, inputs, _echo_client()))
+    again = asyncio.run(_echo_stage(tmp_path, inputs))
     assert again.already_done == 20 and again.processed == 0
 
 
 def test_stage_stops_cleanly_when_the_server_is_gone(tmp_path):
-    def dead(request):
-        raise httpx.ConnectError("refused", request=request)
-
-    config = ClientConfig(base_urls=["http://stub:1"], model="m", max_retries=2)
-    client = OpenAIClient(config, transport=httpx.MockTransport(dead), backoff_base=0.001)
     with pytest.raises(StageInterrupted, match="re-run the same command to resume"):
-        asyncio.run(_echo_stage(tmp_path, ["a", "b", "c"], client))
-    stats = asyncio.run(_echo_stage(tmp_path, ["a", "b", "c"], _echo_client()))
+        asyncio.run(_echo_stage(tmp_path, ["a", "b", "c"], server_gone=True))
+    stats = asyncio.run(_echo_stage(tmp_path, ["a", "b", "c"]))
     assert stats.processed == 3
 
 
@@ -135,9 +150,9 @@ KILL_SCRIPT = """
 import asyncio, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from tests.test_store import _echo_stage, _echo_client
+from tests.test_store import _echo_stage
 inputs = [f"item-{{i:04d}}" for i in range({n})]
-asyncio.run(_echo_stage(Path({tmp!r}), inputs, _echo_client(delay=0.02)))
+asyncio.run(_echo_stage(Path({tmp!r}), inputs, delay=0.02))
 """
 
 
@@ -159,7 +174,7 @@ def test_sigkill_mid_stage_then_resume_loses_and_doubles_nothing(tmp_path, kill_
     written_before = RecordStore(out)
     assert 0 < len(written_before) < n, "the kill must land mid-stage"
     written_before.close()
-    stats = asyncio.run(_echo_stage(tmp_path, [f"item-{i:04d}" for i in range(n)], _echo_client()))
+    stats = asyncio.run(_echo_stage(tmp_path, [f"item-{i:04d}" for i in range(n)]))
     assert stats.already_done + stats.processed == n
     keys = [json.loads(x)["key"] for x in out.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == n
@@ -167,3 +182,26 @@ def test_sigkill_mid_stage_then_resume_loses_and_doubles_nothing(tmp_path, kill_
         json.loads(x)["output"] == json.loads(x)["input"].upper()
         for x in out.read_text().splitlines()
     )
+
+
+def test_content_hash_fast_path_is_the_json_hash():
+    """Keys made by earlier versions stay valid: the orjson path hashes the same bytes."""
+    import hashlib
+    import random
+
+    from humpback_plugin.core.hashing import content_hash
+
+    def by_json(*parts):
+        blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+    rng = random.Random(0)
+    alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\U0001f600", '"', "\\", "\x7f"]
+    for _ in range(3000):
+        parts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+                 for _ in range(rng.randint(1, 3))]  # fmt: skip
+        assert content_hash(*parts) == by_json(*parts)
+    assert content_hash("a", 0.00001, {"b": 1}) == by_json("a", 0.00001, {"b": 1})
+    for fn in (content_hash, by_json):  # a lone surrogate fails the same way on both paths
+        with pytest.raises(UnicodeEncodeError):
+            fn("lone \ud800")

@@ -12,7 +12,13 @@ from click.testing import CliRunner
 
 from humpback_plugin.commands.segment import segment_command
 from humpback_plugin.core.config import CorpusConfig
-from humpback_plugin.core.engine import ENGINES, LocalEngine, available_cores, make_engine
+from humpback_plugin.core.engine import (
+    ENGINES,
+    LocalEngine,
+    RayEngine,
+    available_cores,
+    make_engine,
+)
 from humpback_plugin.core.errors import UnknownComponent
 from humpback_plugin.core.records import Segment
 from humpback_plugin.hookspecs import hookimpl
@@ -106,8 +112,10 @@ def raise_input_error(_x: int) -> int:
 def test_engines_by_name():
     assert ENGINES["local"] is LocalEngine and available_cores() >= 1
     assert make_engine("local").workers == available_cores()
-    with pytest.raises(UnknownComponent, match="unknown engine 'ray'; available: local"):
-        make_engine("ray")
+    # ``ray`` (RayEngine, tests/test_ray_engine.py) is the other built-in engine.
+    assert ENGINES["ray"] is RayEngine
+    with pytest.raises(UnknownComponent, match="unknown engine 'dask'; available: local, ray"):
+        make_engine("dask")
 
 
 def _run(inputs: list[str], out, workers: int, **settings) -> tuple[str, str, dict]:

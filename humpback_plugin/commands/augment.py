@@ -9,6 +9,8 @@ import click
 from humpback_plugin.commands.common import (
     client_options,
     command,
+    engine_options,
+    opened_engine,
     pop_client_config,
     print_summary,
     shard_option,
@@ -83,6 +85,7 @@ from humpback_plugin.stages.augment.stage import augment
     help="Rejected candidates with their reason (default: <output stem>.rejected.jsonl).",
 )
 @shard_option
+@engine_options
 @click.option("--retry-failed", is_flag=True, help="Retry segments the server refused before.")
 def augment_command(
     segments: str,
@@ -94,6 +97,9 @@ def augment_command(
     max_instruction_chars: int | None,
     rejected_path: str | None,
     shard: str | None,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int | None,
     retry_failed: bool,
     **kwargs: Any,
 ) -> None:
@@ -112,27 +118,32 @@ def augment_command(
     interrupt at any time and run the same command again to continue.
 
     \b
-    Example:
+    Examples:
       humpback augment segments.jsonl -o candidates.jsonl \\
           --base-url http://127.0.0.1:8000/v1 --model backward
+      humpback augment segments.jsonl -o candidates.jsonl --engine ray \\
+          --ray-address auto --base-url http://gpu-a:8000/v1 --base-url http://gpu-b:8000/v1 \\
+          --model backward
     """
     client = pop_client_config(kwargs)
     filter_options = {}
     if max_instruction_chars is not None:
         filter_options["too_long"] = {"max_chars": max_instruction_chars}
     settings = AugmentConfig(filters=split_names(filters), filter_options=filter_options, **kwargs)
-    summary = augment(
-        segments,
-        output,
-        client_config=client,
-        settings=settings,
-        work_dir=work_dir,
-        rejected_path=rejected_path,
-        preflight=not no_preflight,
-        retry_failed=retry_failed,
-        show_progress=not quiet,
-        shard=parse_shard(shard),
-    )
+    with opened_engine(engine, ray_address, ray_actors) as runner:
+        summary = augment(
+            segments,
+            output,
+            client_config=client,
+            settings=settings,
+            work_dir=work_dir,
+            rejected_path=rejected_path,
+            preflight=not no_preflight,
+            retry_failed=retry_failed,
+            show_progress=not quiet,
+            shard=parse_shard(shard),
+            engine=runner,
+        )
     rows = [
         ("segments", summary["segments"]),
         ("done before (resumed)", summary["already_done"]),

@@ -15,7 +15,8 @@ from typing import Any
 import click
 
 from humpback_plugin.core.client import ClientConfig, load_api_key
-from humpback_plugin.core.config import ClientSettings, default
+from humpback_plugin.core.config import ClientSettings, RunConfig, default
+from humpback_plugin.core.engine import ENGINES, Engine, engine_for
 from humpback_plugin.core.errors import HumpbackError, UsageError
 
 
@@ -187,8 +188,47 @@ shard_option = click.option(
     "--shard",
     metavar="I/N",
     help="Process only shard I of N (by record id), e.g. 0/4 on the first of four machines; "
-    "join the outputs with `humpback merge`.",
+    "join the outputs with `humpback merge`. With a Ray cluster, --engine ray is simpler.",
 )
+
+ray_address_option = click.option(
+    "--ray-address",
+    help="The Ray cluster: auto (this node's), ray://HEAD:10001 (Ray Client). Default: "
+    "$RAY_ADDRESS, else a local Ray instance for this command.",
+)
+
+engine_options = options(
+    click.option(
+        "--engine",
+        type=click.Choice(sorted(ENGINES)),
+        default=default(RunConfig, "engine"),
+        show_default=True,
+        help="local: requests from this process. ray: from Ray actors on a Ray cluster "
+        "(pip install 'humpback-plugin[ray]'); this process still reads, resumes and writes.",
+    ),
+    ray_address_option,
+    click.option(
+        "--ray-actors",
+        type=click.IntRange(1),
+        help="Ray actors sending requests, sharing --concurrency per URL (default: one per "
+        "--base-url).",
+    ),
+)
+
+
+@contextlib.contextmanager
+def opened_engine(
+    engine: str,
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
+    workers: int | None = None,
+) -> Iterator[Engine]:
+    """The engine the options name, released (a local Ray instance stopped) afterwards."""
+    opened = engine_for(engine, ray_address, ray_actors, workers)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 # --- output --------------------------------------------------------------------------------

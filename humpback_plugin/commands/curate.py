@@ -9,6 +9,8 @@ import click
 from humpback_plugin.commands.common import (
     client_options,
     command,
+    engine_options,
+    opened_engine,
     options,
     pop_client_config,
     print_summary,
@@ -242,6 +244,7 @@ def _num(value: Any) -> str:
 @guard_option
 @canary_options
 @shard_option
+@engine_options
 @click.option("--retry-failed", is_flag=True, help="Retry pairs the server refused before.")
 def curate_command(
     candidates: str,
@@ -260,6 +263,9 @@ def curate_command(
     probe_kinds: str | None,
     canaries_output: str | None,
     shard: str | None,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int | None,
     retry_failed: bool,
     **kwargs: Any,
 ) -> None:
@@ -289,20 +295,22 @@ def curate_command(
         probe_kinds=split_names(probe_kinds),
         **kwargs,
     )
-    summary = curate(
-        candidates,
-        scored_path,
-        client_config=client,
-        settings=settings,
-        selected_path=selected_path,
-        iteration=iteration,
-        work_dir=work_dir,
-        preflight=not no_preflight,
-        retry_failed=retry_failed,
-        show_progress=not quiet,
-        shard=parse_shard(shard),
-        canaries_path=canaries_output,
-    )
+    with opened_engine(engine, ray_address, ray_actors) as runner:
+        summary = curate(
+            candidates,
+            scored_path,
+            client_config=client,
+            settings=settings,
+            selected_path=selected_path,
+            iteration=iteration,
+            work_dir=work_dir,
+            preflight=not no_preflight,
+            retry_failed=retry_failed,
+            show_progress=not quiet,
+            shard=parse_shard(shard),
+            canaries_path=canaries_output,
+            engine=runner,
+        )
     cache = summary["prefix_cache"]
     rows = [
         ("pairs", summary["candidates"]),

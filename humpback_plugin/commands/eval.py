@@ -15,7 +15,9 @@ import click
 from humpback_plugin.commands.common import (
     client_options,
     command,
+    engine_options,
     group,
+    opened_engine,
     parse_settings,
     pop_client_config,
     print_summary,
@@ -101,6 +103,7 @@ def eval_group() -> None:
 @click.option("--generator", help="Model name in the file (default: MODEL, +SYSTEM).")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N instructions.")
 @click.option("--retry-failed", is_flag=True, help="Ask again what the server refused before.")
+@engine_options
 def generate_command(
     instructions: str,
     output: str,
@@ -110,6 +113,9 @@ def generate_command(
     generator: str | None,
     limit: int | None,
     retry_failed: bool,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int | None,
     **kwargs: Any,
 ) -> None:
     """Answer every instruction with MODEL; write AlpacaEval's model_outputs.json.
@@ -127,18 +133,21 @@ def generate_command(
           --base-url ... --model m2 --system S_a
     """
     client = pop_client_config(kwargs)
-    summary = generate_outputs(
-        instructions,
-        output,
-        client_config=client,
-        settings=EvalGenerateConfig(**kwargs),
-        generator=generator,
-        limit=limit,
-        work_dir=work_dir,
-        preflight=not no_preflight,
-        retry_failed=retry_failed,
-        show_progress=not quiet,
-    )
+    settings = EvalGenerateConfig(**kwargs)
+    with opened_engine(engine, ray_address, ray_actors) as runner:
+        summary = generate_outputs(
+            instructions,
+            output,
+            client_config=client,
+            settings=settings,
+            generator=generator,
+            limit=limit,
+            work_dir=work_dir,
+            preflight=not no_preflight,
+            retry_failed=retry_failed,
+            show_progress=not quiet,
+            engine=runner,
+        )
     print_generate_summary(summary)
 
 

@@ -10,6 +10,7 @@ import click
 
 from humpback_plugin.commands.common import command
 from humpback_plugin.core.config import load_config
+from humpback_plugin.core.engine import ENGINES
 from humpback_plugin.core.errors import TrainingPending, UsageError
 from humpback_plugin.core.layout import RunLayout
 from humpback_plugin.run.demo import DEMO_UNTIL, demo_config
@@ -47,6 +48,13 @@ from humpback_plugin.run.report import build_report
     show_default=True,
     help="When not training ourselves, wait for the printed training command's output.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(sorted(ENGINES)),
+    help="Where the model-calling stages send from: local or ray (default: the config's "
+    "`engine`, else local).",
+)
+@click.option("--ray-address", help="The Ray cluster (default: the config's `ray_address`).")
 def run_command(
     run_dir: Path,
     config_path: Path | None,
@@ -56,13 +64,16 @@ def run_command(
     train: bool | None,
     wait: bool,
     skip_template_check: bool,
+    engine: str | None,
+    ray_address: str | None,
 ) -> None:
     """Run the whole Humpback loop in RUN_DIR, resumably.
 
     \b
     Stages (see `humpback status RUN_DIR`):
       seed, segments, backward_data, train_backward, augment, m0_data, train_m0,
-      curate_1, m1_data, train_m1, curate_2, m2_data
+      curate_1, m1_data, train_m1, curate_2, m2_data, train_m2,
+      then eval_generate, eval_compare, eval_lm_eval when the config has `eval:`
     Re-running the same command continues where it stopped; a stage is skipped when
     its outputs are on disk unchanged and its inputs and settings are those it ran
     with, else it runs again (and a model is trained again when its dataset or config
@@ -77,6 +88,7 @@ def run_command(
       humpback run -c my.yaml runs/r1 --until m0_data
       humpback run runs/r1 --train             # resume, running Axolotl here
       humpback run runs/r1 --from curate_1     # curate_1 and everything after it again
+      humpback run runs/r1 --engine ray --ray-address auto   # on a Ray cluster
     """
     t0 = time.monotonic()
     layout = RunLayout(run_dir)
@@ -93,6 +105,10 @@ def run_command(
         config.training.execute = train
     if skip_template_check:
         config.serving.template_check = False
+    if engine is not None:
+        config.engine = engine  # type: ignore[assignment]
+    if ray_address is not None:
+        config.ray_address = ray_address
     try:
         Pipeline(run_dir, config).run(until=until, from_stage=from_stage, wait_for_training=wait)
     except TrainingPending as exc:

@@ -7,8 +7,14 @@ from typing import Any
 
 import click
 
-from humpback_plugin.commands.common import command, split_names
+from humpback_plugin.commands.common import (
+    command,
+    opened_engine,
+    ray_address_option,
+    split_names,
+)
 from humpback_plugin.core.config import DEFAULT_SEGMENT_FILTERS, CorpusConfig, default
+from humpback_plugin.core.engine import ENGINES
 from humpback_plugin.core.jsonl_io import write_json_atomic
 from humpback_plugin.stages.corpus.stage import SegmentSummary, segment_corpus
 
@@ -116,10 +122,14 @@ def _parse_filter_options(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 )
 @click.option(
     "--engine",
+    type=click.Choice(sorted(ENGINES)),
     default=default(CorpusConfig, "engine"),
     show_default=True,
-    help="Where the per-document work runs: local (processes on this machine).",
+    help="Where the per-document work runs: local (processes on this machine) or ray (Ray "
+    "tasks over a Ray cluster's CPUs, --workers of them at most; pip install "
+    "'humpback-plugin[ray]').",
 )
+@ray_address_option
 @click.option(
     "--no-header-fallback",
     type=click.Choice(["skip", "paragraphs"]),
@@ -147,6 +157,7 @@ def segment_command(
     overlap: str,
     workers: int | None,
     engine: str,
+    ray_address: str | None,
     no_header_fallback: str,
     keep_rejected: str | None,
     summary_path: str | None,
@@ -204,12 +215,15 @@ def segment_command(
     \b
     --workers N runs extraction, segmentation and the per-segment filters in N
     processes; deduplication stays in this process, in input order, so the output is
-    the same records in the same order as with one worker.
+    the same records in the same order as with one worker. --engine ray runs that work
+    as Ray tasks on a Ray cluster (--ray-address; deduplication still here), with the
+    same output.
 
     \b
     Example:
       humpback segment crawl/*.warc.gz c4.jsonl -o segments.jsonl --summary seg.json
       humpback segment enwiki-pages-articles1.xml.bz2 -o wiki.jsonl --workers 8
+      humpback segment crawl/*.warc.gz -o segments.jsonl --engine ray --ray-address auto
     """
     settings = CorpusConfig(
         inputs=list(inputs),
@@ -226,14 +240,16 @@ def segment_command(
         filter_options=_parse_filter_options(filter_option),
         max_segments=limit,
     )
-    summary = segment_corpus(
-        list(inputs),
-        output,
-        settings,
-        keep_rejected=keep_rejected,
-        strict=strict,
-        progress=not quiet and sys.stderr.isatty(),
-    )
+    with opened_engine(engine, ray_address, workers=workers) as runner:
+        summary = segment_corpus(
+            list(inputs),
+            output,
+            settings,
+            keep_rejected=keep_rejected,
+            strict=strict,
+            progress=not quiet and sys.stderr.isatty(),
+            engine=runner,
+        )
     if summary_path:
         write_json_atomic(summary_path, summary.to_dict())
     if not quiet:

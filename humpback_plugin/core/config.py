@@ -376,6 +376,15 @@ class RunConfig(_Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     iterations: int = Field(2, ge=1, le=5, description="the paper runs two")
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    engine: str = Field(
+        "local", description="where model calls (and, if not local, segments) run: local | ray"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster (auto, ray://head:10001); None: $RAY_ADDRESS or local"
+    )
+    ray_actors: int | None = Field(
+        None, ge=1, description="Ray actors sending requests; None: one per server URL"
+    )
 
 
 # --- files ---------------------------------------------------------------------------------

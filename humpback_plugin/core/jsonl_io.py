@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import jsonlines
-
+from humpback_plugin.core import fastjson
 from humpback_plugin.core.errors import InputError
 
 # Errors of the output side (not of an input read inside the writer's block).
@@ -79,7 +78,7 @@ def iter_jsonl(
                         if not text.strip():
                             continue
                         try:
-                            obj = json.loads(text)
+                            obj = fastjson.loads(text)
                         except json.JSONDecodeError as exc:
                             problem = f"malformed JSON: {exc.msg} at column {exc.colno}"
                         else:
@@ -175,12 +174,13 @@ def _remove_orphan_temps(path: Path) -> None:
 
 
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
-    """Write records as JSONL atomically; returns how many were written."""
+    """Write records as compact JSONL atomically; returns how many were written."""
     count = 0
-    with atomic_writer(path) as fh:
-        writer = jsonlines.Writer(fh, compact=True, sort_keys=False)
+    dumps_line = fastjson.dumps_line
+    with atomic_writer(path, "wb") as fh:
+        write = fh.write
         for record in records:
-            writer.write(record)
+            write(dumps_line(record))
             count += 1
     return count
 

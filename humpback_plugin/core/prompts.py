@@ -13,6 +13,7 @@ in web text or in a template never break a request.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,9 @@ class PromptTemplate:
     text: str
     path: str
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
+        # Cached: records carry the template's hash, so it is asked for once a request.
         return text_sha256(self.text)
 
     @property

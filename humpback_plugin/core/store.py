@@ -9,12 +9,12 @@ opening the store cuts it off, so nothing is read twice or half.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from humpback_plugin.core import fastjson
 from humpback_plugin.core.jsonl_io import write_jsonl_atomic
 
 
@@ -46,7 +46,7 @@ class RecordStore:
                 if not line.endswith(b"\n"):
                     break  # partial last line: the writer was killed mid-write
                 try:
-                    key = json.loads(line)[self.key_field]
+                    key = fastjson.loads(line)[self.key_field]
                 except (ValueError, KeyError, TypeError):
                     break  # a torn write; everything after it is suspect
                 # A key written twice (two racing resumes) keeps its first copy.
@@ -69,28 +69,50 @@ class RecordStore:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as one line in a single write call; flushed before returning."""
-        key = record[self.key_field]
-        if key in self._offsets:
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
+        """Write records (one line each) in a single write call; flushed before returning.
+
+        Keys already stored, or repeated within ``records``, are skipped (first copy wins).
+        A failed write (disk full) is cut back to where it began, so the file stays
+        line-aligned and holds none of these records.
+        """
+        if not records:
+            return
+        lines: list[bytes] = []
+        keys: list[str] = []
+        fresh: set[str] = set()
+        for record in records:
+            key = record[self.key_field]
+            if key in self._offsets or key in fresh:
+                continue
+            fresh.add(key)
+            keys.append(key)
+            lines.append(fastjson.dumps_line(record))
+        if not lines:
             return
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         offset = self._fh.tell()
+        data = b"".join(lines)
         try:
-            # An unbuffered write may be short (e.g. a nearly full disk): finish the line.
-            view = memoryview(line)
+            # An unbuffered write may be short (e.g. a nearly full disk): finish the lines.
+            view = memoryview(data)
             while view:
                 view = view[self._fh.write(view) :]
         except OSError as exc:
-            # Cut the partial line so later appends stay line-aligned; name the file.
+            # Cut the partial lines so later appends stay line-aligned; name the file.
             with contextlib.suppress(OSError):
                 self._fh.truncate(offset)
                 self._fh.seek(offset)
             if exc.errno is None:
                 raise
             raise type(exc)(exc.errno, exc.strerror, str(self.path)) from exc
-        self._offsets[key] = offset
+        for key, line in zip(keys, lines, strict=True):
+            self._offsets[key] = offset
+            offset += len(line)
 
     def get(self, key: str) -> dict[str, Any] | None:
         offset = self._offsets.get(key)
@@ -98,7 +120,7 @@ class RecordStore:
             return None
         with open(self.path, "rb") as fh:
             fh.seek(offset)
-            return json.loads(fh.readline())
+            return fastjson.loads(fh.readline())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Records in the order they were written, each key once."""
@@ -112,7 +134,7 @@ class RecordStore:
                 if not line:
                     break
                 if start in wanted:
-                    yield json.loads(line)
+                    yield fastjson.loads(line)
 
     def ordered(self, keys: Iterable[str]) -> Iterator[dict[str, Any]]:
         """Records in the order of ``keys`` (the input order), skipping keys not present."""
@@ -124,7 +146,7 @@ class RecordStore:
                 if offset is None:
                     continue
                 fh.seek(offset)
-                yield json.loads(fh.readline())
+                yield fastjson.loads(fh.readline())
 
     def close(self) -> None:
         if self._fh is not None:
@@ -165,8 +187,11 @@ class ScopedStore:
         return {k[n:] for k in every if k.startswith(self.prefix)}
 
     def append(self, record: dict[str, Any]) -> None:
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]]) -> None:
         field = self.store.key_field
-        self.store.append({**record, field: self.prefix + record[field]})
+        self.store.append_many([{**r, field: self.prefix + r[field]} for r in records])
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self._own(self.store.get(self.prefix + key))

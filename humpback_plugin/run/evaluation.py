@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from humpback_plugin.core.client import ClientConfig
 from humpback_plugin.core.config import RunConfig
 from humpback_plugin.core.console import Say
+from humpback_plugin.core.engine import Engine
 from humpback_plugin.core.errors import UsageError
 from humpback_plugin.core.layout import RunLayout
 from humpback_plugin.core.manifest import Manifest
@@ -58,6 +59,8 @@ class RunContext(Protocol):
     log: Say
 
     def _client_config(self, role: str, chat: bool = True) -> ClientConfig: ...
+
+    def engine(self) -> Engine: ...
 
 
 def models_to_evaluate(config: RunConfig) -> list[str]:
@@ -147,6 +150,7 @@ def step_generate(run: RunContext) -> None:
         raise UsageError("eval.instructions is not set: name the evaluation set")
     jobs = generation_jobs(run.config)
     clients = {role: run._client_config(role) for role in {role for _, role, _ in jobs}}
+    engine = run.engine()  # the run's (``engine: ray``: the requests from Ray actors)
 
     def job(name: str, role: str, condition: str) -> Callable[[], Any]:
         settings = cfg.generate.model_copy(update={"system": condition})
@@ -158,6 +162,7 @@ def step_generate(run: RunContext) -> None:
             generator=default_generator(role, condition),
             limit=cfg.limit,
             show_progress=False,  # several jobs at once: one line each when done
+            engine=engine,
         )
 
     run.log(f"  answering {cfg.instructions} with {', '.join(n for n, _, _ in jobs)}")

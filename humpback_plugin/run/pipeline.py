@@ -36,6 +36,7 @@ from humpback_plugin.axolotl.training import is_trained, train
 from humpback_plugin.core.client import ClientConfig, load_api_key
 from humpback_plugin.core.config import ClientSettings, RunConfig, dump_config
 from humpback_plugin.core.console import Say, say
+from humpback_plugin.core.engine import Engine, engine_for
 from humpback_plugin.core.errors import (
     HumpbackError,
     TemplateMismatch,
@@ -65,6 +66,7 @@ class Pipeline:
         self.stages = stage_names(config.iterations, config.eval.stages())
         self.log = log
         self._serving: EmbeddedServing | None = None
+        self._engine: Engine | None = None
 
     # --- driving -----------------------------------------------------------------------
 
@@ -109,6 +111,18 @@ class Pipeline:
         finally:
             if self._serving is not None:
                 self._serving.close()
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+    def engine(self) -> Engine:
+        """The run config's engine, started on first use (a local Ray instance takes a
+        few seconds) and kept for the corpus stage, when it is not the local one, and every
+        model-calling stage of this run."""
+        if self._engine is None:
+            c = self.config
+            self._engine = engine_for(c.engine, c.ray_address, c.ray_actors, c.corpus.workers)
+        return self._engine
 
     def _run_stage(self, name: str, wait: bool, forced: bool = False) -> None:
         if name.startswith("eval_"):
@@ -208,8 +222,14 @@ class Pipeline:
         cfg = self.config.corpus
         if not cfg.inputs:
             raise UsageError("the config has no corpus.inputs")
+        # The run's engine when it is not the local one (``engine: ray``: the corpus stage's
+        # work as Ray tasks too); else ``corpus.engine`` with ``corpus.workers``.
         summary = segment_corpus(
-            cfg.inputs, self.paths.segments, cfg, keep_rejected=self.paths.segments_rejected
+            cfg.inputs,
+            self.paths.segments,
+            cfg,
+            keep_rejected=self.paths.segments_rejected,
+            engine=self.engine() if self.config.engine != "local" else None,
         )
         self.manifest.finish(
             "segments",
@@ -368,6 +388,7 @@ class Pipeline:
                 self.paths.candidates,
                 client_config=client_config,
                 settings=self.config.augment,
+                engine=self.engine(),
             )
         except TemplateMismatch as exc:
             raise self._served_right("backward", exc) from exc
@@ -397,6 +418,7 @@ class Pipeline:
                 threshold=cfg.final_threshold if last else None,
                 probes_path=self._probes(),
                 canaries_path=self.paths.canaries(k),
+                engine=self.engine(),
             )
         except TemplateMismatch as exc:
             raise self._served_right(f"m{k - 1}", exc) from exc

@@ -75,11 +75,19 @@ def echo_filter(min_words: int = 8, max_overlap: float = 0.6, n: int = 4) -> Che
         inst = _words(candidate.get("instruction") or "")
         if len(inst) < min_words:
             return None
-        seg = _words(candidate.get("output") or "")
-        seg_grams = {tuple(seg[i : i + n]) for i in range(len(seg) - n + 1)}
-        inst_grams = [tuple(inst[i : i + n]) for i in range(len(inst) - n + 1)]
-        shared = sum(g in seg_grams for g in inst_grams)
-        return "echo" if shared / len(inst_grams) >= max_overlap else None
+        output = (candidate.get("output") or "").lower()
+        grams = [inst[i : i + n] for i in range(len(inst) - n + 1)]
+        # Cheap bound first: an n-gram can occur in the segment only if each of its words
+        # is a substring of it. Most instructions fail this bound, and then the segment
+        # (ten times longer) is never tokenised.
+        present = {w for w in set(inst) if w in output}
+        if sum(all(w in present for w in g) for g in grams) / len(grams) < max_overlap:
+            return None
+        # Exact: the segment's words joined by single spaces; an n-gram occurs exactly when
+        # " w1 ... wn " is a substring (words hold no spaces).
+        seg_text = f" {' '.join(_WORD.findall(output))} "
+        shared = sum(f" {' '.join(g)} " in seg_text for g in grams)
+        return "echo" if shared / len(grams) >= max_overlap else None
 
     return check
 

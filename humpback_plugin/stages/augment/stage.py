@@ -33,15 +33,17 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import AugmentConfig
+from humpback_plugin.core.engine import Engine
 from humpback_plugin.core.hashing import content_hash
-from humpback_plugin.core.jsonl_io import atomic_writer, write_json_atomic
+from humpback_plugin.core.jsonl_io import atomic_writer, iter_jsonl, write_json_atomic
 from humpback_plugin.core.layout import side_path, work_dir_for
-from humpback_plugin.core.records import Candidate, Provenance, Segment, read_records
+from humpback_plugin.core.records import Segment, read_records
 from humpback_plugin.core.runner import count_lines, run_model_stage, send
 from humpback_plugin.core.sharding import in_shard
 from humpback_plugin.core.store import RecordStore, finalize
@@ -63,6 +65,55 @@ def iter_segments(
     for _obj, segment in read_records(path, Segment, "a segment", prepare):
         if in_shard(segment.id, shard):
             yield segment
+
+
+def segment_ids(path: str | os.PathLike, shard: tuple[int, int] | None = None) -> Iterator[str]:
+    """The ids :func:`iter_segments` gives, for a file it has already read: JSON only, no
+    second validation (the final files are written in this order)."""
+    for _lineno, obj in iter_jsonl(path):
+        segment_id = obj["id"] if "id" in obj else Segment.make_id(obj["text"])
+        if in_shard(segment_id, shard):
+            yield segment_id
+
+
+@dataclass(frozen=True)
+class Backtranslate:
+    """One segment -> its candidate records: what the backward model is asked and how its
+    answer is kept. A plain picklable object, so the same work runs in this process or in
+    Ray actors (``--engine ray``); the hooks are those of the process it runs in."""
+
+    template_text: str
+    template_hash: str
+    endpoint: str
+    params: dict[str, Any]
+
+    async def __call__(
+        self, client: OpenAIClient, segment: Segment, key: str
+    ) -> list[dict[str, Any]]:
+        body = pm.hook.backtranslation_request(segment=segment, template=self.template_text)
+        gen = await send(client, self.endpoint, body, **self.params)
+        provenance = gen.provenance(self.template_hash)
+        records = []
+        for index, choice in enumerate(gen.choices):
+            instruction = pm.hook.postprocess_instruction(text=choice.text, segment=segment)
+            # A Candidate as model_dump() would give it, built directly: every field comes
+            # from a validated Segment or the client, and pydantic here cost a tenth of
+            # the stage's CPU time at thousands of requests a second.
+            candidate = {
+                "id": content_hash("candidate", segment.id, instruction),
+                "segment_id": segment.id,
+                "instruction": instruction if instruction is not None else choice.text,
+                "output": segment.text,
+                "header": segment.header,
+                "source": segment.source,
+                "finish_reason": choice.finish_reason,
+                "provenance": dict(provenance),
+                "choice_index": index,
+            }
+            if candidate["instruction"] != choice.text:
+                candidate["raw_instruction"] = choice.text
+            records.append(candidate)
+        return records
 
 
 def augment(
@@ -92,7 +143,10 @@ async def augment_async(
     retry_failed: bool = False,
     show_progress: bool = True,
     shard: tuple[int, int] | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
+    """``engine`` (see :mod:`humpback_plugin.core.engine`) runs the requests elsewhere, e.g.
+    in Ray actors; this process still reads, resumes and writes."""
     settings = settings or AugmentConfig()
     prompt = load_template(settings.template, required=("output",))
     # Unknown filter names fail before any request.
@@ -104,35 +158,15 @@ async def augment_async(
     # Everything that changes the generations is in the key: a changed setting re-generates.
     run_id = content_hash("augment", prompt.sha256, client_config.model, endpoint, params)
 
-    def key_of(segment: Segment) -> str:
-        return content_hash(run_id, segment.id)
+    def key_of_id(segment_id: str) -> str:
+        return content_hash(run_id, segment_id)
 
-    async def generate(client: OpenAIClient, segment: Segment, key: str) -> list[dict[str, Any]]:
-        body = pm.hook.backtranslation_request(segment=segment, template=prompt.text)
-        gen = await send(client, endpoint, body, **params)
-        provenance = Provenance(**gen.provenance(prompt.short_hash))
-        records = []
-        for index, choice in enumerate(gen.choices):
-            instruction = pm.hook.postprocess_instruction(text=choice.text, segment=segment)
-            candidate = Candidate(
-                id=content_hash("candidate", segment.id, instruction),
-                segment_id=segment.id,
-                instruction=instruction if instruction is not None else choice.text,
-                output=segment.text,
-                header=segment.header,
-                source=segment.source,
-                finish_reason=choice.finish_reason,
-                provenance=provenance,
-            ).model_dump()
-            candidate["choice_index"] = index
-            if candidate["instruction"] != choice.text:
-                candidate["raw_instruction"] = choice.text
-            records.append(candidate)
-        return records
+    def key_of(segment: Segment) -> str:
+        return key_of_id(segment.id)
 
     def finish(store: RecordStore) -> dict[str, Any]:
         return _write_outputs(
-            segments_path, shard, key_of, settings.n, store, checks, output_path, rejected_path
+            segments_path, shard, key_of_id, settings.n, store, checks, output_path, rejected_path
         )
 
     result = await run_model_stage(
@@ -141,7 +175,7 @@ async def augment_async(
         inputs=iter_segments(segments_path, shard),
         key_of=key_of,
         input_id_of=lambda s: s.id,
-        work=generate,
+        work=Backtranslate(prompt.text, prompt.short_hash, endpoint, params),
         finish=finish,
         work_dir=work,
         store_name="generations.jsonl",
@@ -150,6 +184,7 @@ async def augment_async(
         retry_failed=retry_failed,
         show_progress=show_progress,
         chat_endpoint=settings.endpoint == "chat",
+        engine=engine,
     )
     stats, counts = result.stats, result.outputs
     summary = {
@@ -178,7 +213,7 @@ async def augment_async(
 def _write_outputs(
     segments_path: str | os.PathLike,
     shard: tuple[int, int] | None,
-    key_of: Callable[[Segment], str],
+    key_of_id: Callable[[str], str],
     n: int,
     store: RecordStore,
     checks: list,
@@ -190,8 +225,8 @@ def _write_outputs(
     seen: set[str] = set()
 
     def keys() -> Iterator[str]:
-        for segment in iter_segments(segments_path, shard):
-            key = key_of(segment)
+        for segment_id in segment_ids(segments_path, shard):
+            key = key_of_id(segment_id)
             yield key
             yield from (f"{key}#{i}" for i in range(1, n))
 

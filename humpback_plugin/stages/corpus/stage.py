@@ -13,6 +13,7 @@ indexes: a bounded number of documents is in flight and segments go straight to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from typing import Any
 
 from humpback_plugin.core.config import DEFAULT_SEGMENT_FILTERS, SEGMENT_MAX_CHARS, CorpusConfig
 from humpback_plugin.core.console import say
-from humpback_plugin.core.engine import make_engine
+from humpback_plugin.core.engine import Engine, make_engine
 from humpback_plugin.core.errors import InputError, UnknownComponent
 from humpback_plugin.core.jsonl_io import atomic_writer
 from humpback_plugin.plugins import build, components
@@ -92,6 +93,7 @@ def segment_corpus(
     strict: bool = False,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    engine: Engine | None = None,
 ) -> SegmentSummary:
     """Segment and clean ``inputs`` into ``output`` (JSONL of :class:`Segment`).
 
@@ -99,11 +101,13 @@ def segment_corpus(
     (``filters=None``: every built-in in the default order, then plugins' filters) with
     their options, e.g. ``filter_options={"length": {"min_chars": 400}}``; its ``inputs``
     field is what the run passes as ``inputs``. Documents are processed by
-    ``settings.workers`` processes of ``settings.engine`` (:mod:`.work`); the output is the
-    same for any number. Bad records are skipped and counted (``strict=True`` raises
-    :class:`InputError` at the first one instead); a file no reader recognises stops the
-    run before any work. ``max_segments`` stops after that many kept segments. Nothing is
-    written unless the run completes.
+    ``settings.workers`` processes of ``settings.engine`` (:mod:`.work`), or by ``engine``
+    when given (opened and closed by the caller, e.g. a run's Ray engine shared by its
+    stages); the output is the same for any number and any engine. Bad records are
+    skipped and counted (``strict=True`` raises :class:`InputError` at the first one
+    instead); a file no reader recognises stops the run before any work.
+    ``max_segments`` stops after that many kept segments. Nothing is written unless the
+    run completes.
     """
     settings = settings or CorpusConfig()
     warn = warn or say
@@ -148,7 +152,9 @@ def segment_corpus(
         for arg_index, (_arg, paths) in enumerate(groups)
         for path in paths
     ]
-    engine = make_engine(settings.engine, settings.workers)
+    owned = engine is None
+    if engine is None:
+        engine = make_engine(settings.engine, settings.workers)
     summary = SegmentSummary(
         output=str(output), filters=names, extractor=settings.extractor, workers=engine.workers
     )
@@ -201,8 +207,10 @@ def segment_corpus(
     work = partial(process_item, plan=plan)
     rejected_cm = atomic_writer(keep_rejected) if keep_rejected else _NullWriter()
     # The engine starts its workers before the progress bar starts its thread.
+    if not owned and hasattr(engine, "start"):
+        engine.start()
     with (
-        engine,
+        engine if owned else contextlib.nullcontext(),
         atomic_writer(output) as out,
         rejected_cm as rejected_out,
         _progress(progress) as bar,

@@ -54,7 +54,8 @@ _SCORE = re.compile(
 _BARE = re.compile(
     r"^\s*(\d+(?:\.\d+)?)\s*(?:(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?\s*\.?\s*$", re.IGNORECASE
 )
-_MARKUP = re.compile(r"[*_`#>|~]")
+_MARKUP_CHARS = "*_`#>|~"
+_MARKUP = re.compile(f"[{re.escape(_MARKUP_CHARS)}]")
 
 
 def _as_score(number: str, scale: str | None = None) -> int | None:
@@ -98,8 +99,12 @@ def echoes_candidate(judge_text: str, candidate: dict[str, Any]) -> bool:
     if not line:
         return False
     for field in ("instruction", "output"):
-        own = _MARKUP.sub("", candidate.get(field) or "").lower()
-        if _SCORE.search(own) and line in own:
+        own = (candidate.get(field) or "").lower()
+        if any(mark in own for mark in _MARKUP_CHARS):
+            own = _MARKUP.sub("", own)
+        # Plain substring tests first: most candidates say neither word, and the regex
+        # over a whole segment was the scorer's largest cost.
+        if ("score" in own or "rating" in own) and line in own and _SCORE.search(own):
             return True
     return False
 

@@ -29,13 +29,15 @@ import asyncio
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import CurateConfig
+from humpback_plugin.core.engine import Engine
 from humpback_plugin.core.hashing import content_hash
-from humpback_plugin.core.jsonl_io import write_json_atomic
+from humpback_plugin.core.jsonl_io import iter_jsonl, write_json_atomic
 from humpback_plugin.core.layout import work_dir_for
 from humpback_plugin.core.records import Candidate, read_records
 from humpback_plugin.core.runner import run_model_stage
@@ -55,6 +57,7 @@ from humpback_plugin.stages.curate.canaries import (
     write_canaries,
 )
 from humpback_plugin.stages.curate.judging import (
+    Scorer,
     decoding_of,
     expand_shared,
     judge_pair,
@@ -62,6 +65,7 @@ from humpback_plugin.stages.curate.judging import (
     scoring_context,
 )
 from humpback_plugin.stages.curate.quality import expected_bins
+from humpback_plugin.stages.curate.scoring import ScoringContext
 
 
 def iter_candidates(
@@ -83,6 +87,33 @@ def iter_candidates(
     for obj, _candidate in read_records(path, Candidate, "a candidate pair", prepare):
         if in_shard(obj["id"], shard):
             yield obj
+
+
+def candidate_ids(path: str | os.PathLike, shard: tuple[int, int] | None = None) -> Iterator[str]:
+    """The ids :func:`iter_candidates` gives, for a file it has already read: JSON only, no
+    second validation (the final files are written in this order)."""
+    for _lineno, obj in iter_jsonl(path):
+        if "id" in obj:
+            candidate_id = obj["id"]
+        else:
+            candidate_id = content_hash("candidate", obj.get("instruction"), obj.get("output"))
+        if in_shard(candidate_id, shard):
+            yield candidate_id
+
+
+@dataclass(frozen=True)
+class Score:
+    """One (role, pair) of the stream -> its scored record. A plain picklable object, so
+    the same work runs in this process or in Ray actors (``--engine ray``)."""
+
+    scorer: Scorer
+    context: ScoringContext
+    iteration: int
+
+    async def __call__(
+        self, client: OpenAIClient, item: tuple[str, dict[str, Any]], key: str
+    ) -> list[dict[str, Any]]:
+        return [await judge_pair(self.scorer, client, item[1], self.context, self.iteration)]
 
 
 def curate(
@@ -115,11 +146,14 @@ async def curate_async(
     shard: tuple[int, int] | None = None,
     probes_path: str | os.PathLike | None = None,
     canaries_path: str | os.PathLike | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """``threshold`` overrides ``settings.threshold`` (the run's last iteration uses
     ``final_threshold``). ``probes_path`` (seed pairs or a labelled file) overrides
     ``settings.probes`` as the canaries' source; their scores go to ``canaries_path``
-    (default ``<scored>.canaries.jsonl``), never to the scored or selected files."""
+    (default ``<scored>.canaries.jsonl``), never to the scored or selected files.
+    ``engine`` (see :mod:`humpback_plugin.core.engine`) runs the judge's requests
+    elsewhere, e.g. in Ray actors; this process still reads, resumes and writes."""
     settings = settings or CurateConfig()
     mode = settings.mode
     scorer = pick("register_scorers", mode)
@@ -142,21 +176,16 @@ async def curate_async(
         decoding_of(settings), iteration,
     )  # fmt: skip
 
-    def candidate_key(candidate: dict[str, Any]) -> str:
-        return content_hash(run_id, candidate["id"])
+    def key_of_id(candidate_id: str) -> str:
+        return content_hash(run_id, candidate_id)
 
     def key_of(item: tuple[str, dict[str, Any]]) -> str:
         role, record = item
         return (
-            candidate_key(record)
+            key_of_id(record["id"])
             if role == "candidate"
             else content_hash(run_id, "canary", record["id"])
         )
-
-    async def score(
-        client: OpenAIClient, item: tuple[str, dict[str, Any]], key: str
-    ) -> list[dict[str, Any]]:
-        return [await judge_pair(scorer, client, item[1], context, iteration)]
 
     quality: dict[str, Any] = {}
 
@@ -178,7 +207,7 @@ async def curate_async(
             return select(rows, {**options, "canaries": lights})
 
         counts = _write_outputs(
-            candidates_path, shard, candidate_key, store, scored_path, selected_path,
+            candidates_path, shard, key_of_id, store, scored_path, selected_path,
             run_selector,
         )  # fmt: skip
         if plan.canaries:
@@ -199,7 +228,7 @@ async def curate_async(
         inputs=plan.stream(iter_candidates(candidates_path, shard), settings.probe_seed),
         key_of=key_of,
         input_id_of=lambda item: item[1]["id"],
-        work=score,
+        work=Score(scorer, context, iteration),
         finish=finish,
         work_dir=work,
         store_name="scored.jsonl",
@@ -209,6 +238,7 @@ async def curate_async(
         show_progress=show_progress,
         client=client,
         chat_endpoint=settings.endpoint == "chat",
+        engine=engine,
     )
     stats, counts = result.stats, result.outputs
     scored_this_run = stats.processed
@@ -253,14 +283,14 @@ async def curate_async(
 def _write_outputs(
     candidates_path: str | os.PathLike,
     shard: tuple[int, int] | None,
-    key_of: Callable[[dict[str, Any]], str],
+    key_of_id: Callable[[str], str],
     store: RecordStore,
     scored_path: str | os.PathLike,
     selected_path: str | os.PathLike | None,
     select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
 ) -> dict[str, Any]:
     def keys() -> Iterator[str]:
-        return (key_of(c) for c in iter_candidates(candidates_path, shard))
+        return (key_of_id(i) for i in candidate_ids(candidates_path, shard))
 
     histogram: Counter = Counter()
     status: Counter = Counter()

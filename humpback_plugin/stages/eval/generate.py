@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import SYSTEM_CONDITIONS, EvalGenerateConfig
+from humpback_plugin.core.engine import Engine
 from humpback_plugin.core.hashing import content_hash
 from humpback_plugin.core.jsonl_io import write_json_atomic
 from humpback_plugin.core.layout import work_dir_for
@@ -38,6 +40,36 @@ def request_body(instruction: str, system: str | None, endpoint: str) -> dict[st
         return {"prompt": f"{system}\n\n{instruction}" if system else instruction}
     messages = [{"role": "system", "content": system}] if system else []
     return {"messages": [*messages, {"role": "user", "content": instruction}]}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One instruction -> its answer record. A plain picklable object, so the same work
+    runs in this process or in Ray actors (``--engine ray``)."""
+
+    system_text: str | None
+    endpoint: str
+    params: dict[str, Any]
+
+    async def __call__(
+        self, client: OpenAIClient, item: EvalItem, key: str
+    ) -> list[dict[str, Any]]:
+        body = request_body(item.instruction, self.system_text, self.endpoint)
+        if "messages" in body:
+            gen = await client.chat(**body, **self.params)
+        else:
+            gen = await client.completion(**body, **self.params)
+        choice = gen.choices[0] if gen.choices else None
+        return [
+            {
+                "id": item.id,
+                "instruction": item.instruction,
+                "output": choice.text if choice else "",
+                "finish_reason": choice.finish_reason if choice else None,
+                "usage": gen.usage,
+                "server_url": gen.server_url,
+            }
+        ]
 
 
 def default_generator(model: str, system: str) -> str:
@@ -65,10 +97,13 @@ async def generate_async(
     retry_failed: bool = False,
     show_progress: bool = True,
     client: OpenAIClient | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Writes ``output_path`` (AlpacaEval's JSON list) and ``summary.json`` in the work
     folder. ``generator`` names the model in the file (default: the served model name,
-    with the system condition when it is not ``none``)."""
+    with the system condition when it is not ``none``). ``engine`` (see
+    :mod:`humpback_plugin.core.engine`) sends the requests from elsewhere, e.g. Ray
+    actors; this process still reads, resumes and writes."""
     settings = settings or EvalGenerateConfig()
     items = read_items(instructions_path, limit=limit)
     system_text = SYSTEM_CONDITIONS[settings.system]
@@ -83,24 +118,6 @@ async def generate_async(
     def key_of(item: EvalItem) -> str:
         return content_hash(run_id, item.id)
 
-    async def answer(client: OpenAIClient, item: EvalItem, key: str) -> list[dict[str, Any]]:
-        body = request_body(item.instruction, system_text, settings.endpoint)
-        if "messages" in body:
-            gen = await client.chat(**body, **params)
-        else:
-            gen = await client.completion(**body, **params)
-        choice = gen.choices[0] if gen.choices else None
-        return [
-            {
-                "id": item.id,
-                "instruction": item.instruction,
-                "output": choice.text if choice else "",
-                "finish_reason": choice.finish_reason if choice else None,
-                "usage": gen.usage,
-                "server_url": gen.server_url,
-            }
-        ]
-
     def finish(store: RecordStore) -> dict[str, Any]:
         return _write_outputs(items, key_of, store, output_path, generator)
 
@@ -110,7 +127,7 @@ async def generate_async(
         inputs=items,
         key_of=key_of,
         input_id_of=lambda item: item.id,
-        work=answer,
+        work=Answer(system_text, settings.endpoint, params),
         finish=finish,
         work_dir=work,
         store_name="answers.jsonl",
@@ -119,6 +136,7 @@ async def generate_async(
         retry_failed=retry_failed,
         show_progress=show_progress,
         client=client,
+        engine=engine,
     )
     stats, counts = result.stats, result.outputs
     summary = {
