@@ -1,7 +1,7 @@
 """The README's main command, for real: `humpback run --demo`, killed midway and re-run.
 
-Real Axolotl trains the backward model, M0, M1 and M2 (LoRA, CPU), the embedded vLLM serves
-the adapters, augmentation and both curations run against it, then M0, M1 and M2 answer
+Real Axolotl trains the backward model, M0, M1 and M2 (full fine-tuning on CPU), the embedded
+vLLM serves each with its training chat template, augmentation and both curations run against it, then M0, M1 and M2 answer
 the shipped questions, the embedded base model judges them, and real lm-eval measures
 them on the shipped multiple-choice task. Several minutes on 2 cores.
 """
@@ -74,7 +74,9 @@ def test_demo_killed_midway_then_rerun_completes(tmp_path):
         for out in manifest["stages"][stage]["outputs"]:
             assert (run_dir / out["path"]).exists(), out
     for role in ("backward", "m0", "m1", "m2"):
-        assert (run_dir / role / "model" / "adapter_model.safetensors").exists()
+        assert (run_dir / role / "model" / "model.safetensors").exists()
+        served = (run_dir / role / "serve.sh").read_text()
+        assert f"--chat-template {run_dir.resolve() / role / 'chat_template.jinja'}" in served
     assert manifest["stages"]["augment"]["stats"]["generations"] > 0
     scored = (run_dir / "curate_1" / "scored.jsonl").read_text().splitlines()
     assert scored and all(json.loads(x)["score"] in range(1, 6) for x in scored)
@@ -99,7 +101,7 @@ def test_demo_killed_midway_then_rerun_completes(tmp_path):
     # M0's judge was measured on canaries built from the demo seed
     assert manifest["stages"]["curate_1"]["stats"]["judge_quality"]["probes"] == 35
     assert "Judge quality" in (run_dir / "report" / "report.html").read_text()
-    assert load_config(run_dir / "config.yaml").training.adapter == "lora"
+    assert load_config(run_dir / "config.yaml").training.adapter == "full"
     # No server left behind by the killed run or the finished one.
     left = subprocess.run(["pgrep", "-f", f"{run_dir}/.server"], capture_output=True, text=True)
     assert left.stdout.strip() == ""

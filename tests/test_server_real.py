@@ -320,3 +320,19 @@ def test_build_command_lora_flags(tmp_path: Path) -> None:
         srv.parse_lora("no-equals")
     with pytest.raises(UsageError):
         srv.parse_lora(f"a={tmp_path}")  # no adapter_config.json
+
+
+def test_cpu_dtype_is_float32_without_native_bfloat16(tmp_path: Path) -> None:
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("flags\t\t: fpu sse2 avx avx2 fma\n")
+    amx = tmp_path / "amx"
+    amx.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    assert srv.cpu_dtype(avx2) == "float32"
+    assert srv.cpu_dtype(amx) == "bfloat16"
+    assert srv.cpu_dtype(tmp_path / "missing") == "float32"
+    cmd = srv.build_server_command(Path("/py"), "m", host="h", port=1, served_model_name="s")
+    assert cmd[cmd.index("--dtype") + 1] == srv.cpu_dtype()
+    mine = srv.build_server_command(
+        Path("/py"), "m", host="h", port=1, served_model_name="s", extra_args=["--dtype=half"]
+    )
+    assert "--dtype" not in mine and mine[-1] == "--dtype=half"

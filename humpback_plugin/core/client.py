@@ -400,25 +400,28 @@ class OpenAIClient:
         return None if data is None else str(data["prompt"])
 
     async def _get_json(self, url: str) -> dict[str, Any]:
+        aiohttp = _aiohttp()
         try:
-            resp = await self._http.get(url, timeout=15.0)
-        except httpx.TransportError as exc:
+            reply = await self._send("GET", url, timeout=15.0)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServerUnavailable(f"{url}: {type(exc).__name__}") from exc
-        if resp.status_code >= 400:
-            raise RequestRejected(resp.status_code, _error_message(resp), url)
-        return resp.json()
+        if reply.status >= 400:
+            raise RequestRejected(reply.status, _error_message(reply), url)
+        return reply.json()
 
     async def _post_json(self, url: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST to a server endpoint outside the OpenAI API; None on 404 (not there)."""
+        aiohttp = _aiohttp()
+        payload = fastjson.dumps({"model": self.model, **body})
         try:
-            resp = await self._http.post(url, json={"model": self.model, **body}, timeout=60.0)
-        except httpx.TransportError as exc:
+            reply = await self._send("POST", url, payload, timeout=60.0)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServerUnavailable(f"{url}: {type(exc).__name__}") from exc
-        if resp.status_code == 404:
+        if reply.status == 404:
             return None
-        if resp.status_code >= 400:
-            raise RequestRejected(resp.status_code, _error_message(resp), url)
-        return resp.json()
+        if reply.status >= 400:
+            raise RequestRejected(reply.status, _error_message(reply), url)
+        return reply.json()
 
     async def prefix_cache_counters(self) -> dict[str, dict[str, float] | None]:
         """vLLM's prefix-cache query/hit token counters per URL from ``/metrics`` (None where

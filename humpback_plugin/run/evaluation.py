@@ -60,6 +60,8 @@ class RunContext(Protocol):
 
     def _client_config(self, role: str, chat: bool = True) -> ClientConfig: ...
 
+    def serve_order(self, roles: list[str]) -> list[str]: ...
+
     def engine(self) -> Engine: ...
 
 
@@ -169,7 +171,7 @@ def step_generate(run: RunContext) -> None:
     # One model at a time (its conditions together): a batch then holds one adapter, the
     # path the CPU server is known to handle well; a GPU server is busy either way.
     by_name: dict[str, dict[str, Any]] = {}
-    for role in dict.fromkeys(role for _, role, _ in jobs):
+    for role in run.serve_order(list(dict.fromkeys(role for _, role, _ in jobs))):
         mine = [spec for spec in jobs if spec[1] == role]
         names = [name for name, _, _ in mine]
         by_name.update(zip(names, _gather([job(*spec) for spec in mine]), strict=True))
@@ -260,8 +262,7 @@ def step_lm_eval(run: RunContext) -> None:
     settings = run.config.eval.lm_eval
     tokenizer = lm_eval_tokenizer(run.config)
     stats = {}
-    outputs = []
-    for model in models_to_evaluate(run.config):
+    for model in run.serve_order(models_to_evaluate(run.config)):
         client = run._client_config(model, chat=False)  # completions: no restart for a template
         run.log(f"  lm-eval: {model} on {', '.join([*settings.tasks, *settings.task_names])}")
         summary = run_lm_eval(
@@ -273,7 +274,9 @@ def step_lm_eval(run: RunContext) -> None:
         scores = ", ".join(f"{t} {s.get('acc')}" for t, s in summary["tasks"].items())
         run.log(f"  {model}: {scores} ({summary['elapsed_s']:.0f}s)")
         stats[model] = {"tasks": summary["tasks"], "elapsed_s": summary["elapsed_s"]}
-        outputs.append(run.paths.eval_lm_eval(model) / "summary.json")
+    models = models_to_evaluate(run.config)
+    stats = {model: stats[model] for model in models}  # the run's order, not the asking order
+    outputs = [run.paths.eval_lm_eval(model) / "summary.json" for model in models]
     run.manifest.finish(
         "eval_lm_eval",
         inputs=step_inputs(run.config, run.paths, "lm_eval"),

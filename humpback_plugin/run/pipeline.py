@@ -354,6 +354,10 @@ class Pipeline:
             role, adapters, self.paths.trained(role), template, any_template=not chat
         )
 
+    def serve_order(self, roles: list[str]) -> list[str]:
+        """The order to ask ``roles`` in: the model the embedded server holds first."""
+        return self._serving.serve_order(roles) if self._serving is not None else roles
+
     def _trained_roles(self) -> list[str]:
         roles = ["backward"] + [f"m{k}" for k in range(self.config.iterations + 1)]
         return [r for r in roles if is_trained(self.paths.trained(r))]

@@ -138,6 +138,17 @@ def lora_args(
     ]  # fmt: skip
 
 
+def cpu_dtype(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> str:
+    """bfloat16 where the CPU computes it natively (AVX512-BF16, AMX), else float32: on an
+    AVX2-only CPU vLLM's bfloat16 path is emulated, 4.4x slower measured on the demo's
+    augmentation (162 s vs 37 s for 24 requests on 2 cores)."""
+    try:
+        flags = Path(cpuinfo).read_text(errors="replace").split()
+    except OSError:
+        return "float32"
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
+
 def build_server_command(
     python: Path,
     model: str | os.PathLike[str],
@@ -167,6 +178,8 @@ def build_server_command(
     if device == "cpu":
         # Eager + single-process executor: ~20 s start instead of 70-150 s compiling.
         cmd += ["--enforce-eager", "--distributed-executor-backend", "uni"]
+        if not any(a == "--dtype" or a.startswith("--dtype=") for a in extra_args):
+            cmd += ["--dtype", cpu_dtype()]
     if chat_template is not None:
         cmd += ["--chat-template", str(Path(chat_template).resolve())]
     cmd += lora_args(loras, max_loras=max_loras)

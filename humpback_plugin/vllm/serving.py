@@ -64,6 +64,7 @@ class EmbeddedServing:
         self._loaded: dict[str, str] = {}  # adapter name -> path, as the server has them
         self._capacity = 0
         self._rank = 0
+        self.full_role: str | None = None  # the full fine-tune the server holds, if any
 
     def ensure(
         self,
@@ -116,6 +117,7 @@ class EmbeddedServing:
             **kwargs,
         )
         self._key = key
+        self.full_role = role if full_model is not None else None
         self._loaded = {name: str(path) for name, path in adapters.items()}
         self._rank = max((server.adapter_rank(Path(p)) for p in adapters.values()), default=0)
         return [self.handle.base_url], role if trained is not None else self.handle.model
@@ -141,10 +143,16 @@ class EmbeddedServing:
             self._loaded[name] = str(path)
         return True
 
+    def serve_order(self, roles: list[str]) -> list[str]:
+        """``roles`` with the full fine-tune the server holds now first: each other full
+        fine-tune costs a restart, so the one being served goes before them."""
+        return sorted(roles, key=lambda role: role != self.full_role)
+
     def close(self) -> None:
         if self.handle is None:
             return
         server.stop_server(state_dir=self.state_dir)
         self.handle = None
         self._key = None
+        self.full_role = None
         self._loaded = {}
