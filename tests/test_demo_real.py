@@ -1,9 +1,10 @@
 """The README's main command, for real: `humpback run --demo`, killed midway and re-run.
 
-Real Axolotl trains the backward model, M0, M1 and M2 (full fine-tuning on CPU), the embedded
-vLLM serves each with its training chat template, augmentation and both curations run against it, then M0, M1 and M2 answer
-the shipped questions, the embedded base model judges them, and real lm-eval measures
-them on the shipped multiple-choice task. Several minutes on 2 cores.
+Real Axolotl trains the backward model, M0, M1 and M2 (full fine-tuning on CPU), the
+embedded vLLM serves each with its training chat template, augmentation and both
+curations run against it, then M0, M1 and M2 answer the shipped questions, the embedded
+base model judges them, and real lm-eval measures them on the shipped multiple-choice
+task. Several minutes on 2 cores.
 """
 
 from __future__ import annotations
