@@ -81,3 +81,25 @@ def test_no_room_or_a_higher_rank_restarts_with_the_full_set(tmp_path, recorder)
         ("start", ["backward", "m0", "m1", "m2"], 4),
     ]
     assert not [c for c in recorder.calls if c[0] == "load"]
+
+
+def full_model(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_full_fine_tunes_restart_per_model_and_the_held_one_is_asked_first(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state")
+    models = {role: full_model(tmp_path, role) for role in ("m0", "m1", "m2")}
+    assert run.serve_order(["m0", "m1", "m2"]) == ["m0", "m1", "m2"]  # nothing held
+    assert run.ensure("m1", {}, models["m1"])[1] == "m1"
+    assert run.full_role == "m1"
+    # The held model first, the others in their order: one restart fewer.
+    assert run.serve_order(["m0", "m1", "m2"]) == ["m1", "m0", "m2"]
+    for role in run.serve_order(["m0", "m1", "m2"]):
+        run.ensure(role, {}, models[role])
+    assert len([c for c in recorder.calls if c[0] == "start"]) == 3  # m1, m0, m2
+    run.ensure("judge", {}, None)  # the base model: no full fine-tune held
+    assert run.full_role is None and run.serve_order(["m2", "m0"]) == ["m2", "m0"]
