@@ -221,7 +221,7 @@ def test_eval_is_off_unless_it_names_an_evaluation_set():
             "eval": {"instructions": "set.json", "lm_eval": {"tasks": {"arc_easy": "arc.jsonl"}}},
         }  # fmt: skip
     )
-    assert config.eval.stages() == ["generate", "compare", "lm_eval"]
+    assert config.eval.stages() == ["generate", "lm_eval", "compare"]
     assert config.eval.generate.temperature == 0.7 and config.eval.generate.top_p == 0.9
     assert EvalConfig().against == ["reference", "m0"]
 

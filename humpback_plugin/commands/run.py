@@ -73,7 +73,7 @@ def run_command(
     Stages (see `humpback status RUN_DIR`):
       seed, segments, backward_data, train_backward, augment, m0_data, train_m0,
       curate_1, m1_data, train_m1, curate_2, m2_data, train_m2,
-      then eval_generate, eval_compare, eval_lm_eval when the config has `eval:`
+      then eval_generate, eval_lm_eval, eval_compare when the config has `eval:`
     Re-running the same command continues where it stopped; a stage is skipped when
     its outputs are on disk unchanged and its inputs and settings are those it ran
     with, else it runs again (and a model is trained again when its dataset or config

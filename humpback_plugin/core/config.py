@@ -361,9 +361,11 @@ class EvalConfig(_Strict):
     lm_eval: LmEvalConfig = Field(default_factory=LmEvalConfig)
 
     def stages(self) -> list[str]:
-        """The evaluation steps this config turns on, in order."""
-        steps = ["generate", "compare"] if self.instructions else []
-        return steps + (["lm_eval"] if self.lm_eval.enabled else [])
+        """The evaluation steps this config turns on, in order: lm-eval asks the models
+        right after their answers, before the judge (on one server, a restart fewer)."""
+        answers = ["generate"] if self.instructions else []
+        judged = ["compare"] if self.instructions else []
+        return answers + (["lm_eval"] if self.lm_eval.enabled else []) + judged
 
 
 class RunConfig(_Strict):

@@ -2,14 +2,15 @@
 
 ``eval_generate``: every model (M0 ... MN by default) answers the evaluation set with the
 main system condition, and the last model also under each condition of the tag ablation.
-``eval_compare``: the judge compares each model with the reference outputs and with M0
-(both orders), and each ablation condition with the reference. ``eval_lm_eval``: lm-eval's
-multiple-choice accuracy of every model. Each step calls the same library function as its
+``eval_lm_eval``: lm-eval's multiple-choice accuracy of every model. ``eval_compare``: the
+judge compares each model with the reference outputs and with M0 (both orders), and each
+ablation condition with the reference. Each step calls the same library function as its
 ``humpback eval`` subcommand, with the run config's ``eval`` section.
 
 The answers of one model (all its system conditions) and all the comparisons (one judge)
-run concurrently, so the server batches them; on the embedded vLLM one server holds every
-adapter and the base model (the judge), so nothing restarts between models.
+run concurrently, so the server batches them. On the embedded vLLM one server holds every
+LoRA adapter and the base model (the judge), so nothing restarts between models; full
+fine-tunes are served one at a time, so each step asks the model being served first.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     seed -> segments -> backward_data -> train_backward -> augment -> m0_data -> train_m0
          -> curate_1 (M0 judges) -> m1_data -> train_m1 -> curate_2 (M1 judges) -> m2_data
-         -> train_m2 [-> eval_generate -> eval_compare -> eval_lm_eval]
+         -> train_m2 [-> eval_generate -> eval_lm_eval -> eval_compare]
 
 The evaluation steps (:mod:`.evaluation`) run when the config's ``eval`` section names an
 evaluation set (or lm-eval tasks).
