@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import random
 import time
@@ -33,6 +32,15 @@ from pydantic import Field
 from humpback_plugin.core import fastjson
 from humpback_plugin.core.config import ClientSettings
 from humpback_plugin.core.errors import ClientError, ServerUnavailable
+from humpback_plugin.core.http import (
+    Reply,
+    aiohttp_module,
+    completion_json,
+    describe,
+    env_proxy,
+    error_message,
+    normalize_base_url,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -138,35 +146,7 @@ class ClientStats:
     per_url: dict[str, int] = field(default_factory=dict)
 
 
-def normalize_base_url(url: str) -> str:
-    """Accept ``http://host:8000`` or ``http://host:8000/v1``; return the ``/v1`` form."""
-    url = url.rstrip("/")
-    return url if url.endswith("/v1") else url + "/v1"
-
-
 _LOOK_UP = object()  # _send's proxy: look it up in the environment
-
-
-def _aiohttp() -> Any:
-    """The aiohttp module, imported on first use (about 0.1-0.4 s of start-up otherwise)."""
-    import aiohttp
-
-    return aiohttp
-
-
-@dataclass
-class _Reply:
-    """One HTTP answer, read in full."""
-
-    status: int
-    body: bytes
-
-    def json(self) -> Any:
-        return fastjson.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
 
 
 class OpenAIClient:
@@ -187,7 +167,7 @@ class OpenAIClient:
             raise ClientError("no server URL given (use --base-url)")
         self.config = config
         self.endpoints = [
-            _Endpoint(url, proxy=_env_proxy(url))
+            _Endpoint(url, proxy=env_proxy(url))
             for url in (normalize_base_url(u) for u in config.base_urls)
         ]
         self.model = config.model
@@ -219,7 +199,7 @@ class OpenAIClient:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
-            aiohttp = _aiohttp()
+            aiohttp = aiohttp_module()
             self._http = aiohttp.ClientSession(
                 # timeout_s bounds the wait for the answer (and between its bytes), not the
                 # connection set-up, which gets 10 s of its own: as httpx's read and connect
@@ -240,18 +220,18 @@ class OpenAIClient:
         payload: bytes | None = None,
         timeout: float | None = None,
         proxy: str | None | object = _LOOK_UP,
-    ) -> _Reply:
+    ) -> Reply:
         """One HTTP exchange, body read in full (a body cut short raises here)."""
-        aiohttp = _aiohttp()
+        aiohttp = aiohttp_module()
         if proxy is _LOOK_UP:
-            proxy = _env_proxy(url)
+            proxy = env_proxy(url)
         kwargs: dict[str, Any] = {"headers": self._headers, "proxy": proxy}
         if payload is not None:
             kwargs["data"] = payload
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
         async with self._session().request(method, url, **kwargs) as resp:
-            return _Reply(resp.status, await resp.read())
+            return Reply(resp.status, await resp.read())
 
     @property
     def base_urls(self) -> list[str]:
@@ -287,7 +267,7 @@ class OpenAIClient:
         body = {"model": self.model, **body}
         params = {k: v for k, v in body.items() if k not in _INPUT_FIELDS}
         payload = fastjson.dumps(body)
-        aiohttp = _aiohttp()
+        aiohttp = aiohttp_module()
         started = time.time()
         first_failure: float | None = None
         last_error = ""
@@ -300,13 +280,13 @@ class OpenAIClient:
                     reply = await self._send("POST", url, payload, proxy=endpoint.proxy)
                     error = self._retryable_status(reply, url)
                     if error is None:
-                        data = _completion_json(reply.body)
+                        data = completion_json(reply.body)
                         if data is not None:
                             endpoint.served += 1
                             return self._generation(data, endpoint.url, params, started, attempt)
                         error = "truncated or invalid JSON body"
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    error = _describe(exc)
+                    error = describe(exc)
                     if isinstance(exc, aiohttp.ClientConnectorError):
                         endpoint.down_until = time.monotonic() + 2.0
                 finally:
@@ -326,13 +306,13 @@ class OpenAIClient:
             f"no answer after {attempt + 1} attempts over {waited:.0f}s; last error: {last_error}"
         )
 
-    def _retryable_status(self, reply: _Reply, url: str) -> str | None:
+    def _retryable_status(self, reply: Reply, url: str) -> str | None:
         """None when the response is usable; a message when it is worth retrying."""
         if reply.status == 429 or reply.status >= 500:
             return f"HTTP {reply.status}"
         if reply.status >= 400:
             self.stats.rejected += 1
-            raise RequestRejected(reply.status, _error_message(reply), url)
+            raise RequestRejected(reply.status, error_message(reply), url)
         return None
 
     def _generation(
@@ -400,18 +380,18 @@ class OpenAIClient:
         return None if data is None else str(data["prompt"])
 
     async def _get_json(self, url: str) -> dict[str, Any]:
-        aiohttp = _aiohttp()
+        aiohttp = aiohttp_module()
         try:
             reply = await self._send("GET", url, timeout=15.0)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServerUnavailable(f"{url}: {type(exc).__name__}") from exc
         if reply.status >= 400:
-            raise RequestRejected(reply.status, _error_message(reply), url)
+            raise RequestRejected(reply.status, error_message(reply), url)
         return reply.json()
 
     async def _post_json(self, url: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST to a server endpoint outside the OpenAI API; None on 404 (not there)."""
-        aiohttp = _aiohttp()
+        aiohttp = aiohttp_module()
         payload = fastjson.dumps({"model": self.model, **body})
         try:
             reply = await self._send("POST", url, payload, timeout=60.0)
@@ -420,7 +400,7 @@ class OpenAIClient:
         if reply.status == 404:
             return None
         if reply.status >= 400:
-            raise RequestRejected(reply.status, _error_message(reply), url)
+            raise RequestRejected(reply.status, error_message(reply), url)
         return reply.json()
 
     async def prefix_cache_counters(self) -> dict[str, dict[str, float] | None]:
@@ -429,7 +409,7 @@ class OpenAIClient:
         return {e.url: await self._prefix_cache_counters(e.url) for e in self.endpoints}
 
     async def _prefix_cache_counters(self, url: str) -> dict[str, float] | None:
-        aiohttp = _aiohttp()
+        aiohttp = aiohttp_module()
         try:
             reply = await self._send("GET", f"{url.removesuffix('/v1')}/metrics", timeout=5.0)
         except (aiohttp.ClientError, TimeoutError):
@@ -450,7 +430,7 @@ class OpenAIClient:
 
     async def preflight(self) -> dict[str, Any]:
         """Fail fast before a long job: every URL answers, serves the model, and completes."""
-        aiohttp = _aiohttp()
+        aiohttp = aiohttp_module()
         report: dict[str, Any] = {}
         for endpoint in self.endpoints:
             try:
@@ -478,41 +458,3 @@ class OpenAIClient:
             self.max_retries = saved
         report["test_completion"] = {"server_url": gen.server_url, "usage": gen.usage}
         return report
-
-
-def _env_proxy(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTP_PROXY``, ``NO_PROXY``), or None."""
-    from urllib.parse import urlsplit
-    from urllib.request import getproxies, proxy_bypass
-
-    parts = urlsplit(url)
-    proxy = getproxies().get(parts.scheme)
-    if not proxy or proxy_bypass(parts.hostname or ""):
-        return None
-    return proxy
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception as one line: its type and, when it has one, its message."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _completion_json(body: bytes) -> dict[str, Any] | None:
-    """The parsed completion, or None for a truncated or malformed body (retried)."""
-    try:
-        data = fastjson.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) and "choices" in data else None
-
-
-def _error_message(reply: _Reply) -> str:
-    try:
-        data = reply.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return reply.text[:500]
-    err = data.get("error", data) if isinstance(data, dict) else data
-    if isinstance(err, dict):
-        return str(err.get("message") or err)[:2000]
-    return str(err)[:2000]
