@@ -336,3 +336,18 @@ def test_cpu_dtype_is_float32_without_native_bfloat16(tmp_path: Path) -> None:
         Path("/py"), "m", host="h", port=1, served_model_name="s", extra_args=["--dtype=half"]
     )
     assert "--dtype" not in mine and mine[-1] == "--dtype=half"
+
+
+def test_a_relative_model_path_reaches_vllm_absolute(
+    fake_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM runs in the state folder: `runs/demo/m0/model` must reach it resolved (a
+    relative path there is read as a model hub id, and the demo failed to start M0)."""
+    (tmp_path / "runs" / "m0" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    h = srv.start_server(fake_home, port=0, install=False, model="runs/m0/model", timeout=30)
+    try:
+        cmd = json.loads((h.state_dir / "state.json").read_text())["cmd"]
+        assert cmd[cmd.index("--model") + 1] == str(tmp_path / "runs" / "m0" / "model")
+    finally:
+        srv.stop_server(fake_home, grace=5)

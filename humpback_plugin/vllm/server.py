@@ -313,6 +313,8 @@ def start_server(
     device = info.device if info else (read_marker(paths) or {}).get("device", "cpu")
     if model is None:
         model = paths.model_dir
+    elif Path(model).exists():
+        model = Path(model).resolve()  # vLLM runs in the state folder: a relative path breaks
     lora_pairs = [
         parse_lora(x) if isinstance(x, str) else parse_lora(f"{x[0]}={x[1]}") for x in loras
     ]
