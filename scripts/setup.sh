@@ -61,6 +61,15 @@ if [ "$want_eval" = 1 ] && ! stamp_ok .venv-eval/.humpback-setup "$eval_hash"; t
   eval_pid=$!
 fi
 
+# The embedded vLLM server's venv is independent of Axolotl's too: install it alongside
+# (both are mostly pip, one core each); its own stamp makes a re-run a quick check.
+server_pid=
+if [ "$want_server" = 1 ]; then
+  say "embedded vLLM server venv and demo model under $HUMPBACK_HOME (in the background)"
+  .venv/bin/humpback server install > .humpback-install.log 2>&1 &
+  server_pid=$!
+fi
+
 axo_hash=$(cat pyproject.toml scripts/setup_axolotl_env.sh | sha256sum | cut -c1-16)
 if [ "$want_axolotl" = 1 ] && ! stamp_ok .venv-axolotl/.humpback-setup "$axo_hash"; then
   say "creating .venv-axolotl (torch 2.13.0 CPU + axolotl 0.19.0; a few minutes)"
@@ -69,9 +78,16 @@ if [ "$want_axolotl" = 1 ] && ! stamp_ok .venv-axolotl/.humpback-setup "$axo_has
   say ".venv-axolotl ready"
 fi
 
-if [ "$want_server" = 1 ]; then
-  say "embedded vLLM server venv and demo model under $HUMPBACK_HOME"
-  .venv/bin/humpback server install
+if [ -n "$server_pid" ]; then
+  if wait "$server_pid"; then
+    tail -4 .humpback-install.log >&2
+    rm -f .humpback-install.log
+    say "embedded vLLM server ready"
+  else
+    tail -25 .humpback-install.log >&2
+    say "installing the embedded vLLM server failed (log: .humpback-install.log)"
+    exit 1
+  fi
 fi
 
 if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null; then
