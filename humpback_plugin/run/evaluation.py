@@ -152,15 +152,16 @@ def step_generate(run: RunContext) -> None:
     if not cfg.instructions:
         raise UsageError("eval.instructions is not set: name the evaluation set")
     jobs = generation_jobs(run.config)
-    clients = {role: run._client_config(role) for role in {role for _, role, _ in jobs}}
+    roles = list(dict.fromkeys(role for _, role, _ in jobs))
     engine = run.engine()  # the run's (``engine: ray``: the requests from Ray actors)
 
-    def job(name: str, role: str, condition: str) -> Callable[[], Any]:
+    def job(name: str, client: ClientConfig, condition: str) -> Callable[[], Any]:
         settings = cfg.generate.model_copy(update={"system": condition})
+        role = next(r for n, r, _ in jobs if n == name)
         return lambda: generate_async(
             cfg.instructions,
             run.paths.eval_outputs(name),
-            client_config=clients[role],
+            client_config=client,
             settings=settings,
             generator=default_generator(role, condition),
             limit=cfg.limit,
@@ -171,11 +172,14 @@ def step_generate(run: RunContext) -> None:
     run.log(f"  answering {cfg.instructions} with {', '.join(n for n, _, _ in jobs)}")
     # One model at a time (its conditions together): a batch then holds one adapter, the
     # path the CPU server is known to handle well; a GPU server is busy either way.
+    # Each model's client is made just before its answers: serving a full fine-tune can
+    # restart the embedded server, which moves the others' URLs.
     by_name: dict[str, dict[str, Any]] = {}
-    for role in run.serve_order(list(dict.fromkeys(role for _, role, _ in jobs))):
-        mine = [spec for spec in jobs if spec[1] == role]
-        names = [name for name, _, _ in mine]
-        by_name.update(zip(names, _gather([job(*spec) for spec in mine]), strict=True))
+    for role in run.serve_order(roles):
+        client = run._client_config(role)
+        mine = [(name, cond) for name, r, cond in jobs if r == role]
+        answers = _gather([job(name, client, cond) for name, cond in mine])
+        by_name.update(zip([name for name, _ in mine], answers, strict=True))
     stats = {}
     for name, _, _ in jobs:
         summary = by_name[name]
@@ -203,7 +207,7 @@ def step_generate(run: RunContext) -> None:
         inputs=step_inputs(run.config, run.paths, "generate"),
         outputs=[run.paths.eval_outputs(name) for name, _, _ in jobs],
         stats=stats,
-        model=", ".join(sorted(clients)),
+        model=", ".join(sorted(roles)),
     )
 
 
