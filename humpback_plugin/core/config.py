@@ -234,6 +234,12 @@ class TrainingConfig(_Strict):
     num_gpus: int = 1
     max_steps: int | None = Field(None, description="override the paper's step table")
     sequence_len: int | None = None
+    chat_template: str = Field(
+        "llama2_inst",
+        description="the chat template Axolotl trains with (and vLLM then serves): the "
+        "shipped llama2_inst, or an Axolotl name such as tokenizer_default (the base "
+        "model's own, for an instruct model) or chatml",
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="extra Axolotl keys")
     execute: bool = Field(False, description="run `axolotl train` (else print it and wait)")
     axolotl_bin: str = "axolotl"

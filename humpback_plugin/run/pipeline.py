@@ -252,6 +252,7 @@ class Pipeline:
             sequence_len=cfg.sequence_len,
             cpu=cfg.profile == "cpu",
             overrides=cfg.overrides,
+            chat_template=cfg.chat_template,
         )
         return write_config(rendered, self.paths.axolotl_config(role))
 
