@@ -233,7 +233,10 @@ def test_preprocess_trains_on_the_assistant_turn_only(workspace: dict, name: str
     texts = [row["text"] for row in rows]
     if name == "backward":
         assert all("Write the most likely question" in t for t in texts)
-        assert not any(SYSTEM_SEED in t for t in texts)
+        # No system tag: the backward prompt ends with the Back-and-Forth paper's line
+        # "Answer in the style of an AI Assistant." as its own text, not as a system turn.
+        assert not any("<<SYS>>" in t for t in texts)
+        assert all(t.count(SYSTEM_SEED) == 1 for t in texts)
     else:
         assert all("<<SYS>>" in t for t in texts)
         seed_rows = sum(SYSTEM_SEED in t for t in texts)
