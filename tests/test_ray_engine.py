@@ -260,7 +260,7 @@ def test_humpback_run_with_engine_ray_in_the_config_equals_a_local_run(tmp_path,
     segments = manifest["stages"]["segments"]["stats"]
     assert segments["workers"] == 2 and segments["kept"] > 0
     for dataset in ("segments/segments.jsonl", "segments/rejected.jsonl",
-                    "augment/candidates.jsonl", "curate_1/scored.jsonl", "curate_2/curated.jsonl",
+                    "augment/candidates.jsonl", "curate_1/scored.jsonl", "curate_2/scored.jsonl",
                     "m2/data/m2.jsonl"):  # fmt: skip
         local, ray_rows = (no_times(runs[e] / dataset) for e in ("local", "ray"))
         assert ray_rows == local and local, dataset
