@@ -155,9 +155,8 @@ def step_generate(run: RunContext) -> None:
     roles = list(dict.fromkeys(role for _, role, _ in jobs))
     engine = run.engine()  # the run's (``engine: ray``: the requests from Ray actors)
 
-    def job(name: str, client: ClientConfig, condition: str) -> Callable[[], Any]:
+    def job(name: str, role: str, client: ClientConfig, condition: str) -> Callable[[], Any]:
         settings = cfg.generate.model_copy(update={"system": condition})
-        role = next(r for n, r, _ in jobs if n == name)
         return lambda: generate_async(
             cfg.instructions,
             run.paths.eval_outputs(name),
@@ -178,7 +177,7 @@ def step_generate(run: RunContext) -> None:
     for role in run.serve_order(roles):
         client = run._client_config(role)
         mine = [(name, cond) for name, r, cond in jobs if r == role]
-        answers = _gather([job(name, client, cond) for name, cond in mine])
+        answers = _gather([job(name, role, client, cond) for name, cond in mine])
         by_name.update(zip([name for name, _ in mine], answers, strict=True))
     stats = {}
     for name, _, _ in jobs:
@@ -266,8 +265,9 @@ def lm_eval_tokenizer(config: RunConfig) -> str:
 def step_lm_eval(run: RunContext) -> None:
     settings = run.config.eval.lm_eval
     tokenizer = lm_eval_tokenizer(run.config)
+    models = models_to_evaluate(run.config)
     stats = {}
-    for model in run.serve_order(models_to_evaluate(run.config)):
+    for model in run.serve_order(models):
         client = run._client_config(model, chat=False)  # completions: no restart for a template
         run.log(f"  lm-eval: {model} on {', '.join([*settings.tasks, *settings.task_names])}")
         summary = run_lm_eval(
@@ -279,7 +279,6 @@ def step_lm_eval(run: RunContext) -> None:
         scores = ", ".join(f"{t} {s.get('acc')}" for t, s in summary["tasks"].items())
         run.log(f"  {model}: {scores} ({summary['elapsed_s']:.0f}s)")
         stats[model] = {"tasks": summary["tasks"], "elapsed_s": summary["elapsed_s"]}
-    models = models_to_evaluate(run.config)
     stats = {model: stats[model] for model in models}  # the run's order, not the asking order
     outputs = [run.paths.eval_lm_eval(model) / "summary.json" for model in models]
     run.manifest.finish(
@@ -287,5 +286,5 @@ def step_lm_eval(run: RunContext) -> None:
         inputs=step_inputs(run.config, run.paths, "lm_eval"),
         outputs=outputs,
         stats=stats,
-        model=", ".join(models_to_evaluate(run.config)),
+        model=", ".join(models),
     )
