@@ -20,6 +20,7 @@ Table 1 rubric is untouched: only the candidate's text changes.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # A line still worth showing once the claims are removed from it.
@@ -36,18 +37,50 @@ _KEYWORD = re.compile(
     rf"(?:\*\*|__)?[\[(<]?[ \t]*{_VALUE}(?:[ \t]*[\])>])?(?:[ \t]*stars?\b)?(?:\*\*|__)?",
     re.IGNORECASE,
 )
-# "10/10", "4.5 / 5", "5 out of 5" standing alone; "5 stars", "five stars"; star glyphs.
-_BARE = re.compile(
-    rf"(?<![\d/.,]){_NUMBER}{_OUT_OF}"
-    r"|\b(?:\d|one|two|three|four|five)(?:\.\d)?[ \t-]*stars?\b"
-    r"|[★☆✩✪✫✬✭✮✯⭐]{2,}",
-    re.IGNORECASE,
-)
+# "10/10", "4.5 / 5", "5 out of 5" standing alone (written digit first, its look-behind
+# after it, so that the regex engine scans for digits: 8x faster on web text).
+_OUT_OF_CLAIM = rf"\d(?<![\d/.,]\d)\d{{0,2}}(?:[.,]\d+)?{_OUT_OF}"
+# "5 stars", "five stars".
+_STARS = r"\b(?:\d|one|two|three|four|five)(?:\.\d)?[ \t-]*stars?\b"
+# Star glyphs.
+_GLYPHS = r"[★☆✩✪✫✬✭✮✯⭐]{2,}"
+_BARE = re.compile(f"{_OUT_OF_CLAIM}|{_STARS}|{_GLYPHS}", re.IGNORECASE)
+_BARE_PARTS = {
+    "out_of": re.compile(_OUT_OF_CLAIM, re.IGNORECASE),
+    "stars": re.compile(_STARS, re.IGNORECASE),
+}
+# A star glyph, or one of the four non-ASCII letters IGNORECASE folds to ASCII ones: the
+# cheap tests below do not apply, every pattern is searched.
+_ALWAYS = re.compile("[\u0130\u0131\u017f\u212a★☆✩✪✫✬✭✮✯⭐]")
+_KEYWORDS = ("score", "rating", "rated", "grade", "verdict")
 
 
+def _patterns(text: str) -> tuple[re.Pattern | None, re.Pattern | None]:
+    """The patterns that may match in ``text``, by cheap substring tests of what each
+    cannot match without (C speed, on the lowercased text): _KEYWORD needs a keyword; an
+    "out of" claim a 5 or 10 with "/" or "out" and "of"; stars "star". Where only one part
+    of _BARE may match, that part alone is searched (same matches, no alternation)."""
+    if _ALWAYS.search(text):
+        return _KEYWORD, _BARE
+    low = text.lower()
+    keyword = _KEYWORD if any(k in low for k in _KEYWORDS) else None
+    may = {
+        "out_of": ("5" in low or "10" in low) and ("/" in low or ("out" in low and "of" in low)),
+        "stars": "star" in low,
+    }
+    parts = [_BARE_PARTS[name] for name, ok in may.items() if ok]
+    return keyword, (parts[0] if len(parts) == 1 else _BARE if parts else None)
+
+
+@functools.lru_cache(maxsize=4096)  # each pair's text is masked for its request and record
 def mask_ratings(text: str) -> tuple[str, int]:
     """``text`` without its score and rating claims (a line left with nothing else goes
-    too), and how many claims were removed."""
+    too), and how many claims were removed.
+
+    Neither pattern crosses a newline, so only the lines that may hold a claim are
+    searched: most pages have none, and in the rest most lines are skipped."""
+    if _patterns(text) == (None, None):
+        return text, 0
     count = 0
 
     def drop(match: re.Match) -> str:
@@ -55,12 +88,17 @@ def mask_ratings(text: str) -> tuple[str, int]:
         count += 1
         return ""
 
-    masked = _BARE.sub(drop, _KEYWORD.sub(drop, text))
+    kept = []
+    for old in text.split("\n"):
+        new = old
+        keyword, _ = _patterns(new)
+        if keyword:
+            new = keyword.sub(drop, new)
+        _, bare = _patterns(new)  # what the keyword claims left
+        if bare:
+            new = bare.sub(drop, new)
+        if new == old or _CONTENT.search(new):
+            kept.append(new)
     if not count:
         return text, 0
-    kept = [
-        new
-        for old, new in zip(text.split("\n"), masked.split("\n"), strict=True)
-        if new == old or _CONTENT.search(new)
-    ]
     return "\n".join(kept).rstrip(), count
