@@ -6,6 +6,7 @@ sit on the gates' edges."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import random
 import re
@@ -80,9 +81,10 @@ def test_other_fractions_and_numbers_are_kept(text):
 
 def _web_texts() -> list[str]:
     data = shared_file("data/web")
-    texts = [json.loads(line)["text"] for line in open(data / "c4_demo.jsonl", encoding="utf-8")]
+    with open(data / "c4_demo.jsonl", encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line in fh]
     with gzip.open(data / "dolma_cc_main_2019_30.jsonl.gz", "rt", encoding="utf-8") as fh:
-        texts += [json.loads(line)["text"] for _, line in zip(range(2000), fh)]
+        texts += [json.loads(line)["text"] for line in itertools.islice(fh, 2000)]
     return texts
 
 
