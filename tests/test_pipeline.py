@@ -146,6 +146,21 @@ def test_training_step_prints_the_axolotl_command_and_pauses(tmp_path, stub):
     assert manifest["stages"]["backward_data"]["status"] == "done"
 
 
+def test_training_launcher_reaches_the_command_and_does_not_force_a_retrain(tmp_path, stub):
+    config_path = make_config(tmp_path, stub.base_url, trained=False)
+    run_dir = tmp_path / "run"
+    CliRunner().invoke(cli, ["run", "-c", str(config_path), str(run_dir), "--no-wait"])
+    config = yaml.safe_load(config_path.read_text())
+    config["training"]["launcher"] = "python"
+    config_path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["run", "-c", str(config_path), str(run_dir), "--no-wait"])
+    assert result.exit_code == 3, result.output
+    assert "backward/axolotl.yaml --launcher python" in result.output
+    # How training is launched does not change what it trains: earlier stages stay done.
+    assert "backward_data: done (skipped)" in result.output
+    assert demo.demo_config(tmp_path / "demo").training.launcher == "python"
+
+
 def test_unknown_config_key_is_a_clear_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("training: {base_model: x}\ncurate: {mode: paper, treshold: 4}\n")

@@ -49,11 +49,17 @@ def axolotl_env(axolotl_exe: str) -> dict[str, str]:
     return env
 
 
-def axolotl_command(config_path: str | os.PathLike, axolotl_bin: str = "axolotl") -> list[str]:
-    """``[axolotl, train, CONFIG]``: $HUMPBACK_AXOLOTL_BIN, else PATH, else beside python."""
+def axolotl_command(
+    config_path: str | os.PathLike, axolotl_bin: str = "axolotl", launcher: str = "accelerate"
+) -> list[str]:
+    """``[axolotl, train, CONFIG]``: $HUMPBACK_AXOLOTL_BIN, else PATH, else beside python.
+    ``launcher="python"`` trains in Axolotl's own process instead of one started by
+    ``accelerate launch``: one start-up of torch and Axolotl instead of two (for one CPU or
+    GPU; more GPUs need accelerate or torchrun)."""
     wanted = os.environ.get("HUMPBACK_AXOLOTL_BIN") or axolotl_bin
     exe = shutil.which(wanted) or str(Path(sys.executable).parent / wanted)
-    return [exe, "train", str(config_path)]
+    cmd = [exe, "train", str(config_path)]
+    return cmd if launcher == "accelerate" else [*cmd, "--launcher", launcher]
 
 
 def stamp_path(output_dir: str | os.PathLike) -> Path:
@@ -86,6 +92,7 @@ def train(
     execute: bool,
     wait: bool = True,
     axolotl_bin: str = "axolotl",
+    launcher: str = "accelerate",
     log_path: str | os.PathLike | None = None,
     poll_s: float = 10.0,
     inputs: Sequence[str | os.PathLike] = (),
@@ -109,21 +116,20 @@ def train(
         else:
             write_json_atomic(stamp, wanted)
             return "already trained"
-    how = _run_or_wait(config_path, out, execute, wait, axolotl_bin, log_path, poll_s)
+    cmd = axolotl_command(config_path, axolotl_bin, launcher)
+    how = _run_or_wait(cmd, out, execute, wait, log_path, poll_s)
     write_json_atomic(stamp, wanted)
     return how
 
 
 def _run_or_wait(
-    config_path: str | os.PathLike,
+    cmd: list[str],
     output_dir: Path,
     execute: bool,
     wait: bool,
-    axolotl_bin: str,
     log_path: str | os.PathLike | None,
     poll_s: float,
 ) -> str:
-    cmd = axolotl_command(config_path, axolotl_bin)
     if execute:
         log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
         say(f"  $ {' '.join(cmd)}" + (f"   (log: {log_path})" if log_path else ""))

@@ -91,6 +91,13 @@ class ServingConfig(ClientSettings):
         description="served model name per role: backward, m0, m1 (judges of iterations 1, 2)",
     )
     embedded_port: int = 0
+    embedded_servers: int = Field(
+        1,
+        ge=1,
+        description="embedded vLLM servers up at once: full fine-tunes are served one per "
+        "server, and with more than 1 a model asked for again later (evaluation) is kept up "
+        "instead of started again (about 3.5 GB of memory each for the demo model)",
+    )
 
 
 # --- the stages ----------------------------------------------------------------------------
@@ -243,6 +250,11 @@ class TrainingConfig(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="extra Axolotl keys")
     execute: bool = Field(False, description="run `axolotl train` (else print it and wait)")
     axolotl_bin: str = "axolotl"
+    launcher: Literal["accelerate", "torchrun", "python"] = Field(
+        "accelerate",
+        description="how `axolotl train` starts training: python (in its own process, one "
+        "start-up fewer; one device) or accelerate / torchrun (several GPUs)",
+    )
 
     @field_validator("overrides")
     @classmethod

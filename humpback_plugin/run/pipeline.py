@@ -167,7 +167,9 @@ class Pipeline:
     def stage_settings(self, name: str) -> str:
         """The hash of the settings that decide a stage's outputs (not how fast it runs)."""
         cfg = self.config
-        training = cfg.training.model_dump(mode="json", exclude={"execute", "axolotl_bin"})
+        training = cfg.training.model_dump(
+            mode="json", exclude={"execute", "axolotl_bin", "launcher"}
+        )
         if name in ("seed", "segments"):
             section: list[Any] = [cfg.seed if name == "seed" else cfg.corpus]
         elif name == "backward_data":
@@ -304,6 +306,7 @@ class Pipeline:
             execute=cfg.execute,
             wait=wait,
             axolotl_bin=cfg.axolotl_bin,
+            launcher=cfg.launcher,
             log_path=self.paths.train_log(role),
             inputs=[self.paths.dataset(role)],
             force=force,
@@ -339,6 +342,7 @@ class Pipeline:
                 self.paths.server_state,
                 port=serving.embedded_port,
                 max_adapters=self.config.iterations + 2,  # backward, m0 ... mN
+                max_servers=serving.embedded_servers,
             )
         adapters = {
             r: self.paths.trained(r)
