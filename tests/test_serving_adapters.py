@@ -5,6 +5,7 @@ by a recorder here; the real path runs in test_demo_real.py."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,12 @@ from humpback_plugin.vllm.server import ServerHandle
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.started: list[tuple[str, Path]] = []  # (model, state folder) of each start
+        self.stopped: list[Path] = []
 
     def start_server(self, **kwargs):
         self.calls.append(("start", sorted(n for n, _ in kwargs["loras"]), kwargs["max_loras"]))
+        self.started.append((kwargs.get("served_model_name", "base"), kwargs["state_dir"]))
         return ServerHandle(
             base_url="http://127.0.0.1:1/v1", model="base", pid=1, port=1, host="127.0.0.1",
             served_model_names=("base",), log_file=Path("log"), state_dir=Path("s"),
@@ -27,6 +31,7 @@ class Recorder:
 
     def stop_server(self, **kwargs):
         self.calls.append(("stop",))
+        self.stopped.append(kwargs["state_dir"])
         return True
 
     def load_lora(self, base_url, name, path):
@@ -103,3 +108,50 @@ def test_full_fine_tunes_restart_per_model_and_the_held_one_is_asked_first(tmp_p
     assert len([c for c in recorder.calls if c[0] == "start"]) == 3  # m1, m0, m2
     run.ensure("judge", {}, None)  # the base model: no full fine-tune held
     assert run.full_role is None and run.serve_order(["m2", "m0"]) == ["m2", "m0"]
+
+
+def test_kept_servers_serve_their_model_again_without_a_start(tmp_path, recorder):
+    state = tmp_path / "state"
+    run = serving.EmbeddedServing(state, max_servers=3)
+    models = {role: full_model(tmp_path, role) for role in ("backward", "m0", "m1", "m2")}
+    for role in ("backward", "m0", "m1"):  # augment, curate_1, curate_2
+        run.ensure(role, {}, models[role])
+    # Three servers up, each in its own state folder; none stopped but the leftovers check.
+    assert [m for m, _ in recorder.started] == ["backward", "m0", "m1"]
+    assert len({d for _, d in recorder.started}) == 3
+    assert recorder.stopped == [state]  # a killed run's leftover, before the first start
+    # The evaluation: the held model, then the kept ones (most recent first), then new ones.
+    assert run.serve_order(["m0", "m1", "m2"]) == ["m1", "m0", "m2"]
+    assert run.ensure("m0", {}, models["m0"])[1] == "m0"
+    assert len(recorder.started) == 3  # m0 was kept up: no start
+    run.ensure("m2", {}, models["m2"])  # a fourth model: the least recently used goes
+    assert recorder.started[-1][0] == "m2"
+    backward_dir = recorder.started[0][1]
+    assert recorder.stopped[-1] == backward_dir and recorder.started[-1][1] == backward_dir
+    # lm-eval's completions take a kept server whatever its template.
+    run.ensure("m1", {}, models["m1"], any_template=True)
+    assert len(recorder.started) == 4
+    run.close()
+    assert sorted(map(str, recorder.stopped[-3:])) == sorted(
+        str(d) for _, d in recorder.started[1:]
+    )
+
+
+def test_a_model_trained_again_is_not_served_from_a_kept_server(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state", max_servers=2)
+    m0, m1 = full_model(tmp_path, "m0"), full_model(tmp_path, "m1")
+    run.ensure("m0", {}, m0)
+    run.ensure("m1", {}, m1)
+    config = m0 / "config.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
+    run.ensure("m0", {}, m0)  # same path, new weights: a start, not the kept server
+    assert [m for m, _ in recorder.started] == ["m0", "m1", "m0"]
+
+
+def test_one_server_by_default_stops_the_last_before_the_next(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state")
+    models = {role: full_model(tmp_path, role) for role in ("m0", "m1")}
+    for role in ("m0", "m1", "m0"):
+        run.ensure(role, {}, models[role])
+    assert [m for m, _ in recorder.started] == ["m0", "m1", "m0"]
+    assert {d for _, d in recorder.started} == {tmp_path / "state"}

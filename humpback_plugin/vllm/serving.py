@@ -6,9 +6,12 @@ One embedded server holds the base model and every LoRA adapter trained so far
 (``/v1/load_lora_adapter``), so the run starts vLLM once instead of once per model (about
 20 s each on 2 CPU cores). The server restarts only when it cannot take the new adapter (no
 room, a higher rank, a changed path), the base changes, or another chat template is asked
-for. A full fine-tune is served as the base model instead. Either way vLLM gets
-``--chat-template`` with the template Axolotl trained with: without it vLLM applies the
-base model's own template to every adapter.
+for. A full fine-tune is served as the base model instead, one server per model; with
+``max_servers`` above 1 a server that is no longer asked for is kept up (up to that many,
+least recently used stopped first) so that a later stage asking for its model again (the
+evaluation asks for M0 and M1 after curation did) costs no start (about 30 s each on 2 CPU
+cores). Either way vLLM gets ``--chat-template`` with the template Axolotl trained with:
+without it vLLM applies the base model's own template to every adapter.
 
 For your own deployment, :func:`serve_command` gives the ``vllm serve`` command of one
 trained model (``humpback run`` writes it to ``RUN_DIR/<role>/serve.sh``; ``humpback
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from humpback_plugin.core.console import say
@@ -52,19 +56,46 @@ def serve_command(
     return cmd + adapter_args
 
 
+def _model_key(full_model: Path | None) -> str:
+    """A full fine-tune by path and when it was written: a model trained again under the
+    same path (``--from``) is not the one a kept server still holds."""
+    if full_model is None:
+        return "None"
+    return f"{full_model}@{(full_model / 'config.json').stat().st_mtime_ns}"
+
+
+@dataclass
+class _Kept:
+    """A server kept up for a later stage: what it serves, and its state folder."""
+
+    handle: server.ServerHandle
+    key: tuple
+    full_role: str | None
+    state_dir: Path
+
+
 class EmbeddedServing:
     def __init__(
-        self, state_dir: str | os.PathLike, *, port: int = 0, max_adapters: int = 0
+        self,
+        state_dir: str | os.PathLike,
+        *,
+        port: int = 0,
+        max_adapters: int = 0,
+        max_servers: int = 1,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.port = port
         self.max_adapters = max_adapters  # adapter slots to reserve (the run's roles)
+        self.max_servers = max(1, max_servers)  # servers up at once (current + kept)
         self.handle = None
         self._key: tuple | None = None
         self._loaded: dict[str, str] = {}  # adapter name -> path, as the server has them
         self._capacity = 0
         self._rank = 0
         self.full_role: str | None = None  # the full fine-tune the server holds, if any
+        self._slot = self.state_dir  # the current server's state folder
+        self._kept: list[_Kept] = []  # least recently used first
+        self._leftovers_stopped = False
 
     def ensure(
         self,
@@ -89,17 +120,30 @@ class EmbeddedServing:
             full_model = trained
         template = hashlib.sha256(chat_template.read_bytes()).hexdigest() if chat_template else None
         # The same template text under another role's path needs no restart.
-        key = (str(full_model), tuple(sorted((n, str(p)) for n, p in adapters.items())), template)
+        key = (
+            _model_key(full_model),
+            tuple(sorted((n, str(p)) for n, p in adapters.items())),
+            template,
+        )
         same_models = self._key is not None and key[:2] == self._key[:2]
         if self.handle is not None and (key == self._key or (any_template and same_models)):
             return [self.handle.base_url], role if trained is not None else self.handle.model
         if self._load_new(full_model, adapters, template):
             self._key = key
             return [self.handle.base_url], role if trained is not None else self.handle.model
-        self.close()
-        # A run killed earlier may have left its server up (it lives in its own session so
-        # that Ctrl-C reaches us first); it is this run's to replace.
-        server.stop_server(state_dir=self.state_dir)
+        kept = self._take_kept(key, any_template)
+        self._keep_or_close_current()
+        if kept is not None:
+            self.handle, self._key, self.full_role, self._slot = (
+                kept.handle, kept.key, kept.full_role, kept.state_dir
+            )  # fmt: skip
+            self._loaded, self._capacity, self._rank = {}, 0, 0
+            say(f"  serving {role} on the embedded vLLM kept up for it (no start)")
+            return [self.handle.base_url], role if trained is not None else self.handle.model
+        self._stop_leftovers()
+        while self._kept and len(self._kept) >= self.max_servers:
+            self._stop(self._kept.pop(0).state_dir)  # the least recently used
+        self._slot = self._free_slot()
         say(
             f"  serving {role} on the embedded vLLM"
             + (f" with adapters {', '.join(sorted(adapters))}" if adapters else "")
@@ -110,7 +154,7 @@ class EmbeddedServing:
         self._capacity = max(self.max_adapters, len(adapters))
         self.handle = server.start_server(
             port=self.port,
-            state_dir=self.state_dir,
+            state_dir=self._slot,
             loras=[(name, path) for name, path in sorted(adapters.items())],
             max_loras=self._capacity,
             chat_template=chat_template,
@@ -122,13 +166,52 @@ class EmbeddedServing:
         self._rank = max((server.adapter_rank(Path(p)) for p in adapters.values()), default=0)
         return [self.handle.base_url], role if trained is not None else self.handle.model
 
+    # --- servers kept up for later stages ----------------------------------------------
+
+    def _take_kept(self, key: tuple, any_template: bool) -> _Kept | None:
+        for i, kept in enumerate(self._kept):
+            if kept.key == key or (any_template and kept.key[:2] == key[:2]):
+                return self._kept.pop(i)
+        return None
+
+    def _keep_or_close_current(self) -> None:
+        """Keep the current server up for later when it may be (no adapters: those are
+        loaded into one server instead), else stop it."""
+        if self.handle is None:
+            return
+        if self.max_servers > 1 and not self._loaded and self._key is not None:
+            self._kept.append(_Kept(self.handle, self._key, self.full_role, self._slot))
+        else:
+            self._stop(self._slot)
+        self.handle, self._key, self.full_role, self._loaded = None, None, None, {}
+
+    def _free_slot(self) -> Path:
+        """A state folder no running server uses: the run's own first (as with one server),
+        then ``server-2``, ``server-3``, ..."""
+        used = {kept.state_dir for kept in self._kept}
+        slots = [self.state_dir] + [self.state_dir / f"server-{i}" for i in range(2, 64)]
+        return next(slot for slot in slots if slot not in used)
+
+    def _stop_leftovers(self) -> None:
+        """A run killed earlier may have left its servers up (they live in their own session
+        so that Ctrl-C reaches us first); they are this run's to replace."""
+        if self._leftovers_stopped:
+            return
+        for slot in [self.state_dir, *sorted(self.state_dir.glob("server-*"))]:
+            self._stop(slot)
+        self._leftovers_stopped = True
+
+    @staticmethod
+    def _stop(slot: Path) -> None:
+        server.stop_server(state_dir=slot)
+
     def _load_new(
         self, full_model: Path | None, adapters: dict[str, Path], template: str | None
     ) -> bool:
         """Load the adapters the running server lacks; False when it cannot take them."""
         if self.handle is None or not self._loaded or self._key is None:
             return False
-        if self._key[0] != str(full_model) or self._key[2] != template:
+        if self._key[0] != _model_key(full_model) or self._key[2] != template:
             return False
         if any(str(adapters.get(n, p)) != p for n, p in self._loaded.items()):
             return False  # an adapter was retrained elsewhere: start afresh
@@ -144,14 +227,24 @@ class EmbeddedServing:
         return True
 
     def serve_order(self, roles: list[str]) -> list[str]:
-        """``roles`` with the full fine-tune the server holds now first: each other full
-        fine-tune costs a restart, so the one being served goes before them."""
-        return sorted(roles, key=lambda role: role != self.full_role)
+        """``roles`` with the full fine-tunes that are up first (the one being served, then
+        those kept up, most recent first): each other full fine-tune costs a start, and
+        starting it may stop a kept one."""
+        kept = [k.full_role for k in reversed(self._kept)]
+
+        def rank(role: str) -> int:
+            if role == self.full_role:
+                return 0
+            return 1 + kept.index(role) if role in kept else 1 + len(kept)
+
+        return sorted(roles, key=rank)
 
     def close(self) -> None:
-        if self.handle is None:
-            return
-        server.stop_server(state_dir=self.state_dir)
+        if self.handle is not None:
+            self._stop(self._slot)
+        for kept in self._kept:
+            self._stop(kept.state_dir)
+        self._kept = []
         self.handle = None
         self._key = None
         self.full_role = None

@@ -26,6 +26,7 @@ from humpback_plugin.core.config import (
     LmEvalConfig,
     RunConfig,
     SeedConfig,
+    ServingConfig,
     TrainingConfig,
 )
 from humpback_plugin.core.console import say
@@ -196,6 +197,8 @@ def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConf
             adapter="full",
             profile="cpu",
             execute=True,
+            # One process on one CPU: no `accelerate launch` starting a second one.
+            launcher="python",
             max_steps=steps,
             sequence_len=512,
             # SmolLM2-Instruct's own ChatML: 4 steps cannot teach it another format (with
@@ -205,6 +208,9 @@ def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConf
             # shows the mechanics, and each training is ~30 s shorter on 2 cores.
             overrides={"gradient_accumulation_steps": 2},
         ),
+        # Three servers up at once (about 3.5 GB each): the evaluation finds M0 and M1 still
+        # up from curation instead of starting them again (about 30 s each).
+        serving=ServingConfig(embedded_servers=3),
         iterations=2,
         eval=demo_eval_config(inputs, model_dir),
     )
