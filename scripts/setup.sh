@@ -39,16 +39,14 @@ quiet_pip() { "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }; return "$
 t0=$(date +%s)
 say() { printf '[setup %4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*" >&2; }
 
-deps_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
-if ! stamp_ok .venv/.humpback-setup "$deps_hash"; then
-  say "creating .venv with $($PYTHON --version): the project and its dev tools"
-  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  quiet_pip .venv/bin/pip install -q --upgrade "pip>=24,<27"
-  quiet_pip .venv/bin/pip install -q -e ".[dev,report,parquet,ray]"
-  echo "$deps_hash" > .venv/.humpback-setup
-  say ".venv ready"
-else
-  say ".venv is up to date"
+# .venv-axolotl needs nothing else here (it installs this package from the source tree):
+# start it first, in the background, since it is the longest step (torch + Axolotl).
+axo_hash=$(cat pyproject.toml scripts/setup_axolotl_env.sh | sha256sum | cut -c1-16)
+axo_pid=
+if [ "$want_axolotl" = 1 ] && ! stamp_ok .venv-axolotl/.humpback-setup "$axo_hash"; then
+  say "creating .venv-axolotl in the background (torch 2.13.0 CPU + axolotl 0.19.0; a few minutes)"
+  quiet_pip bash scripts/setup_axolotl_env.sh .venv-axolotl > .venv-axolotl.setup.log 2>&1 &
+  axo_pid=$!
 fi
 
 # .venv-eval is independent of the rest: build it in the background while Axolotl and the
@@ -61,8 +59,20 @@ if [ "$want_eval" = 1 ] && ! stamp_ok .venv-eval/.humpback-setup "$eval_hash"; t
   eval_pid=$!
 fi
 
-# The embedded vLLM server's venv is independent of Axolotl's too: install it alongside
-# (both are mostly pip, one core each); its own stamp makes a re-run a quick check.
+deps_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if ! stamp_ok .venv/.humpback-setup "$deps_hash"; then
+  say "creating .venv with $($PYTHON --version): the project and its dev tools"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  quiet_pip .venv/bin/pip install -q --upgrade "pip>=24,<27"
+  quiet_pip .venv/bin/pip install -q -e ".[dev,report,parquet,ray]"
+  echo "$deps_hash" > .venv/.humpback-setup
+  say ".venv ready"
+else
+  say ".venv is up to date"
+fi
+
+# The embedded vLLM server's venv and the demo model (needs .venv's humpback command);
+# it installs while Axolotl's venv builds (both mostly pip).
 server_pid=
 if [ "$want_server" = 1 ]; then
   say "embedded vLLM server venv and demo model under $HUMPBACK_HOME (in the background)"
@@ -70,12 +80,16 @@ if [ "$want_server" = 1 ]; then
   server_pid=$!
 fi
 
-axo_hash=$(cat pyproject.toml scripts/setup_axolotl_env.sh | sha256sum | cut -c1-16)
-if [ "$want_axolotl" = 1 ] && ! stamp_ok .venv-axolotl/.humpback-setup "$axo_hash"; then
-  say "creating .venv-axolotl (torch 2.13.0 CPU + axolotl 0.19.0; a few minutes)"
-  quiet_pip bash scripts/setup_axolotl_env.sh .venv-axolotl
-  echo "$axo_hash" > .venv-axolotl/.humpback-setup
-  say ".venv-axolotl ready"
+if [ -n "$axo_pid" ]; then
+  if wait "$axo_pid"; then
+    echo "$axo_hash" > .venv-axolotl/.humpback-setup
+    rm -f .venv-axolotl.setup.log
+    say ".venv-axolotl ready"
+  else
+    tail -25 .venv-axolotl.setup.log >&2
+    say "building .venv-axolotl failed (log: .venv-axolotl.setup.log)"
+    exit 1
+  fi
 fi
 
 if [ -n "$server_pid" ]; then
