@@ -155,3 +155,13 @@ def test_one_server_by_default_stops_the_last_before_the_next(tmp_path, recorder
         run.ensure(role, {}, models[role])
     assert [m for m, _ in recorder.started] == ["m0", "m1", "m0"]
     assert {d for _, d in recorder.started} == {tmp_path / "state"}
+
+
+def test_only_the_roles_asked_for_again_are_kept(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state", max_servers=3, keep_roles={"m0", "m1"})
+    models = {role: full_model(tmp_path, role) for role in ("backward", "m0", "m1")}
+    for role in ("backward", "m0", "m1", "m0"):
+        run.ensure(role, {}, models[role])
+    # backward was stopped when m0 came (nothing asks for it again); m0 was kept for later.
+    assert [m for m, _ in recorder.started] == ["backward", "m0", "m1"]
+    assert recorder.stopped[1] == recorder.started[0][1]

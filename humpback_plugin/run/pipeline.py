@@ -343,6 +343,10 @@ class Pipeline:
                 port=serving.embedded_port,
                 max_adapters=self.config.iterations + 2,  # backward, m0 ... mN
                 max_servers=serving.embedded_servers,
+                # Kept up for the evaluation, which asks for these models again.
+                keep_roles=set(evaluation.models_to_evaluate(self.config))
+                if self.config.eval.stages()
+                else set(),
             )
         adapters = {
             r: self.paths.trained(r)

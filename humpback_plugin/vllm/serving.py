@@ -82,11 +82,16 @@ class EmbeddedServing:
         port: int = 0,
         max_adapters: int = 0,
         max_servers: int = 1,
+        keep_roles: set[str] | frozenset[str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.port = port
         self.max_adapters = max_adapters  # adapter slots to reserve (the run's roles)
         self.max_servers = max(1, max_servers)  # servers up at once (current + kept)
+        # The roles a later stage asks for again (None: any). Only their servers are kept:
+        # an idle vLLM still polls (about 7% of a core), and on 2 cores every idle server
+        # slows the trainings that run beside it.
+        self.keep_roles = keep_roles
         self.handle = None
         self._key: tuple | None = None
         self._loaded: dict[str, str] = {}  # adapter name -> path, as the server has them
@@ -179,7 +184,8 @@ class EmbeddedServing:
         loaded into one server instead), else stop it."""
         if self.handle is None:
             return
-        if self.max_servers > 1 and not self._loaded and self._key is not None:
+        wanted = self.keep_roles is None or self.full_role in self.keep_roles
+        if self.max_servers > 1 and wanted and not self._loaded and self._key is not None:
             self._kept.append(_Kept(self.handle, self._key, self.full_role, self._slot))
         else:
             self._stop(self._slot)
