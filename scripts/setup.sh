@@ -38,6 +38,20 @@ stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 quiet_pip() { "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }; return "${PIPESTATUS[0]}"; }
 t0=$(date +%s)
 say() { printf '[setup %4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*" >&2; }
+# Wait for a venv built in the background (its output in VENV.setup.log); stamp it when
+# it succeeded, else show the end of its log and stop.
+wait_venv() {
+  local pid=$1 venv=$2 hash=$3
+  if wait "$pid"; then
+    echo "$hash" > "$venv/.humpback-setup"
+    rm -f "$venv.setup.log"
+    say "$venv ready"
+  else
+    tail -25 "$venv.setup.log" >&2
+    say "building $venv failed (log: $venv.setup.log)"
+    exit 1
+  fi
+}
 
 # .venv-axolotl needs nothing else here (it installs this package from the source tree):
 # start it first, in the background, since it is the longest step (torch + Axolotl).
@@ -80,17 +94,7 @@ if [ "$want_server" = 1 ]; then
   server_pid=$!
 fi
 
-if [ -n "$axo_pid" ]; then
-  if wait "$axo_pid"; then
-    echo "$axo_hash" > .venv-axolotl/.humpback-setup
-    rm -f .venv-axolotl.setup.log
-    say ".venv-axolotl ready"
-  else
-    tail -25 .venv-axolotl.setup.log >&2
-    say "building .venv-axolotl failed (log: .venv-axolotl.setup.log)"
-    exit 1
-  fi
-fi
+[ -z "$axo_pid" ] || wait_venv "$axo_pid" .venv-axolotl "$axo_hash"
 
 if [ -n "$server_pid" ]; then
   if wait "$server_pid"; then
@@ -112,15 +116,5 @@ if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null; then
     say "chromium missing and cannot be installed here (not root / no apt-get)"
   fi
 fi
-if [ -n "$eval_pid" ]; then
-  if wait "$eval_pid"; then
-    echo "$eval_hash" > .venv-eval/.humpback-setup
-    rm -f .venv-eval.setup.log
-    say ".venv-eval ready"
-  else
-    tail -25 .venv-eval.setup.log >&2
-    say "building .venv-eval failed (log: .venv-eval.setup.log)"
-    exit 1
-  fi
-fi
+[ -z "$eval_pid" ] || wait_venv "$eval_pid" .venv-eval "$eval_hash"
 say "setup done"
