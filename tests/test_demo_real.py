@@ -105,6 +105,8 @@ def test_demo_killed_midway_then_rerun_completes(tmp_path):
     assert load_config(run_dir / "config.yaml").training.adapter == "full"
     # The evaluation found M0 and M1 still up from curation (three servers kept).
     assert done.stderr.count("kept up for it (no start)") >= 2, done.stderr[-3000:]
+    # The trainings after the first server start ran with the idle servers paused.
+    assert "idle vLLM server(s) paused meanwhile" in done.stderr
     # No server left behind by the killed run or the finished one (each serves a model
     # from the run folder).
     left = subprocess.run(["pgrep", "-af", str(run_dir.resolve())], capture_output=True, text=True)

@@ -351,3 +351,29 @@ def test_a_relative_model_path_reaches_vllm_absolute(
         assert cmd[cmd.index("--model") + 1] == str(tmp_path / "runs" / "m0" / "model")
     finally:
         srv.stop_server(fake_home, grace=5)
+
+
+def _states(pids: list[int]) -> set[str]:
+    return {Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in pids}
+
+
+def test_fake_pause_stops_the_whole_group_and_a_paused_server_still_stops(
+    fake_home: Path,
+) -> None:
+    h = srv.start_server(fake_home, port=0, install=False, model="m", timeout=30)
+    members = group_members(h.pid)
+    try:
+        assert srv.pause_server(fake_home) is True
+        assert _states(members) == {"T"}  # every process of the group, the worker too
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(f"{h.base_url}/models", timeout=1)
+        assert srv.pause_server(fake_home, resume=True) is True
+        assert "T" not in _states(members)
+        assert httpx.get(f"{h.base_url}/models", timeout=10).status_code == 200
+        srv.pause_server(fake_home)  # paused again, then stopped: SIGINT is acted on
+    finally:
+        started = time.monotonic()
+        assert srv.stop_server(fake_home, grace=5) is True
+    assert time.monotonic() - started < 5  # by SIGINT (continued), not SIGKILL after 10 s
+    assert not group_members(h.pid)
+    assert srv.pause_server(fake_home) is False  # nothing recorded

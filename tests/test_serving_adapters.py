@@ -34,6 +34,10 @@ class Recorder:
         self.stopped.append(kwargs["state_dir"])
         return True
 
+    def pause_server(self, *, state_dir, resume=False):
+        self.calls.append(("resume" if resume else "pause", state_dir))
+        return True
+
     def load_lora(self, base_url, name, path):
         self.calls.append(("load", name))
 
@@ -48,7 +52,7 @@ def adapter(tmp_path: Path, name: str, rank: int = 16) -> Path:
 @pytest.fixture
 def recorder(monkeypatch) -> Recorder:
     rec = Recorder()
-    for name in ("start_server", "stop_server", "load_lora"):
+    for name in ("start_server", "stop_server", "load_lora", "pause_server"):
         monkeypatch.setattr(serving.server, name, getattr(rec, name))
     return rec
 
@@ -165,3 +169,18 @@ def test_only_the_roles_asked_for_again_are_kept(tmp_path, recorder):
     # backward was stopped when m0 came (nothing asks for it again); m0 was kept for later.
     assert [m for m, _ in recorder.started] == ["backward", "m0", "m1"]
     assert recorder.stopped[1] == recorder.started[0][1]
+
+
+def test_servers_are_paused_for_a_block_and_continued_after_even_on_error(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state", max_servers=2)
+    with run.paused():  # nothing up: nothing to pause
+        pass
+    assert not [c for c in recorder.calls if c[0] in ("pause", "resume")]
+    models = {role: full_model(tmp_path, role) for role in ("m0", "m1")}
+    run.ensure("m0", {}, models["m0"])
+    run.ensure("m1", {}, models["m1"])  # m0 kept, m1 current
+    slots = {d for _, d in recorder.started}
+    with pytest.raises(RuntimeError), run.paused():
+        assert {c[1] for c in recorder.calls if c[0] == "pause"} == slots
+        raise RuntimeError("the training failed")
+    assert {c[1] for c in recorder.calls if c[0] == "resume"} == slots

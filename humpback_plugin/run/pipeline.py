@@ -25,6 +25,7 @@ curate compares), and each training stage writes ``RUN_DIR/<role>/serve.sh``, th
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import time
@@ -300,17 +301,20 @@ class Pipeline:
     def stage_train(self, role: str, wait: bool, force: bool = False) -> None:
         cfg = self.config.training
         out = self.paths.trained(role)
-        how = train(
-            self.paths.axolotl_config(role),
-            out,
-            execute=cfg.execute,
-            wait=wait,
-            axolotl_bin=cfg.axolotl_bin,
-            launcher=cfg.launcher,
-            log_path=self.paths.train_log(role),
-            inputs=[self.paths.dataset(role)],
-            force=force,
-        )
+        # A training here gets the cores: the run's idle embedded servers are paused.
+        local = cfg.execute and self._serving is not None
+        with self._serving.paused() if local else contextlib.nullcontext():
+            how = train(
+                self.paths.axolotl_config(role),
+                out,
+                execute=cfg.execute,
+                wait=wait,
+                axolotl_bin=cfg.axolotl_bin,
+                launcher=cfg.launcher,
+                log_path=self.paths.train_log(role),
+                inputs=[self.paths.dataset(role)],
+                force=force,
+            )
         script, command = write_serve_script(self.paths, self.config, role)
         self.log(f"  serve {role} as it was trained ({script}):\n    {command}")
         self.manifest.finish(

@@ -90,11 +90,22 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group is gone (or not ours)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def kill_group(pgid: int, grace: float) -> bool:
-    """SIGINT the group, then SIGTERM, then SIGKILL; True when nothing is left."""
+    """SIGINT the group, then SIGTERM, then SIGKILL; True when nothing is left. A paused
+    group (SIGSTOP) is continued after each signal, so that it can act on it."""
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
+            os.killpg(pgid, signal.SIGCONT)
         except ProcessLookupError:
             pass
         except PermissionError:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -34,6 +35,7 @@ from humpback_plugin.vllm.procs import (
     is_alive,
     kill_group,
     port_in_use,
+    signal_group,
     start_ticks,
 )
 
@@ -436,6 +438,23 @@ def stop_server(
         raise ServerError(f"processes of group {pgid} survived SIGKILL: {group_members(pgid)}")
     _clear_state(paths)
     return was_running
+
+
+def pause_server(
+    home: str | os.PathLike[str] | None = None,
+    *,
+    state_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+) -> bool:
+    """Pause (SIGSTOP) or, with ``resume``, continue (SIGCONT) the server recorded in the
+    state dir, every process of its group. An idle vLLM still polls (about 7% of a core per
+    server); paused, it costs nothing while a training needs the cores, and it answers
+    again the moment it is continued (no start). False when no server is recorded."""
+    state = _load_state(Paths.of(home, state_dir))
+    if not state:
+        return False
+    pgid = int(state.get("pgid", state["pid"]))
+    return signal_group(pgid, signal.SIGCONT if resume else signal.SIGSTOP)
 
 
 def server_status(

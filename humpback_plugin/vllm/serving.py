@@ -21,8 +21,10 @@ serve-command RUN_DIR ROLE`` prints it); name the served model per role in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +233,23 @@ class EmbeddedServing:
             server.load_lora(self.handle.base_url, name, path)
             self._loaded[name] = str(path)
         return True
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every server of the run paused (SIGSTOP) for the block, e.g. a training on the
+        same cores: an idle vLLM still polls, and on 2 cores that slowed each training
+        beside one by a third. Continued after, whatever happens in the block."""
+        slots = [k.state_dir for k in self._kept]
+        if self.handle is not None:
+            slots.append(self._slot)
+        paused = [slot for slot in slots if server.pause_server(state_dir=slot)]
+        if paused:
+            say(f"  {len(paused)} idle vLLM server(s) paused meanwhile (continued after)")
+        try:
+            yield
+        finally:
+            for slot in paused:
+                server.pause_server(state_dir=slot, resume=True)
 
     def serve_order(self, roles: list[str]) -> list[str]:
         """``roles`` with the full fine-tunes that are up first (the one being served, then
