@@ -446,10 +446,9 @@ def pause_server(
     state_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
 ) -> bool:
-    """Pause (SIGSTOP) or, with ``resume``, continue (SIGCONT) the server recorded in the
-    state dir, every process of its group. An idle vLLM still polls (about 7% of a core per
-    server); paused, it costs nothing while a training needs the cores, and it answers
-    again the moment it is continued (no start). False when no server is recorded."""
+    """Pause (SIGSTOP) or, with ``resume``, continue (SIGCONT) the state dir's server, its
+    whole group: an idle vLLM still polls; paused it costs no CPU while a training runs,
+    and continued it answers at once. False when no server is recorded."""
     state = _load_state(Paths.of(home, state_dir))
     if not state:
         return False
