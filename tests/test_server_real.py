@@ -374,6 +374,8 @@ def test_fake_pause_stops_the_whole_group_and_a_paused_server_still_stops(
     finally:
         started = time.monotonic()
         assert srv.stop_server(fake_home, grace=5) is True
-    assert time.monotonic() - started < 5  # by SIGINT (continued), not SIGKILL after 10 s
+    # Continued, it acts on SIGINT or SIGTERM (SIGINT is ignored where the suite runs as a
+    # background job), not only on the SIGKILL that comes 10 s in.
+    assert time.monotonic() - started < 9.5
     assert not group_members(h.pid)
     assert srv.pause_server(fake_home) is False  # nothing recorded
