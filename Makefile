@@ -7,6 +7,9 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE := disabled
 export OMP_NUM_THREADS ?= 2
+# Setup installs without byte-compiling (scripts/setup.sh): a run compiles what it imports
+# once, which needs bytecode writing on.
+unexport PYTHONDONTWRITEBYTECODE
 # .venv-eval last: its lm_eval and alpaca_eval, never its python or humpback.
 export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.venv-axolotl/bin:$(PATH):$(CURDIR)/.venv-eval/bin
 # Named outright: Axolotl's venv has an lm_eval of its own, without the API extra (tenacity).

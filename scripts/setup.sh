@@ -16,6 +16,10 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 export PYTHON
 export HUMPBACK_HOME=${HUMPBACK_HOME:-$PWD/.humpback}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# Every pip here runs with --no-compile: byte-compiling all of torch, vLLM and Axolotl is
+# half of setup's CPU time, for modules a run never imports. What a run does import is
+# compiled once, on first import, so bytecode writing must be on (some images turn it off).
+unset PYTHONDONTWRITEBYTECODE
 # setuptools announces every editable install with a boxed note ("Editable installation.
 # Please be careful with folders ..."): information, not a problem; keep it off the screen.
 export PYTHONWARNINGS="ignore:Editable installation"
@@ -77,8 +81,8 @@ deps_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if ! stamp_ok .venv/.humpback-setup "$deps_hash"; then
   say "creating .venv with $($PYTHON --version): the project and its dev tools"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  quiet_pip .venv/bin/pip install -q --upgrade "pip>=24,<27"
-  quiet_pip .venv/bin/pip install -q -e ".[dev,report,parquet,ray]"
+  quiet_pip .venv/bin/pip install -q --no-compile --upgrade "pip>=24,<27"
+  quiet_pip .venv/bin/pip install -q --no-compile -e ".[dev,report,parquet,ray]"
   echo "$deps_hash" > .venv/.humpback-setup
   say ".venv ready"
 else

@@ -17,8 +17,8 @@ PYTHON="${PYTHON:-python3.11}"
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/pip" install --quiet --upgrade pip
-"$VENV/bin/pip" install --quiet "torch==2.13.0" "axolotl==0.19.0"
-"$VENV/bin/pip" install --quiet -e .
+"$VENV/bin/pip" install --quiet --no-compile --upgrade pip
+"$VENV/bin/pip" install --quiet --no-compile "torch==2.13.0" "axolotl==0.19.0"
+"$VENV/bin/pip" install --quiet --no-compile -e .
 "$VENV/bin/axolotl" --version
 echo "Axolotl ready: $VENV/bin/axolotl (tests find it there, or set HUMPBACK_AXOLOTL_BIN)"

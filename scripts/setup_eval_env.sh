@@ -22,13 +22,13 @@ PYTHON="${PYTHON:-python3.11}"
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/pip" install --quiet --upgrade "pip>=24,<27"
+"$VENV/bin/pip" install --quiet --no-compile --upgrade "pip>=24,<27"
 "$PYTHON" - <<'PY' > "$VENV/requirements-eval.txt"
 import tomllib
 extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
 print("\n".join(extras["lm-eval"] + extras["alpaca-eval"]))
 PY
-"$VENV/bin/pip" install --quiet -r "$VENV/requirements-eval.txt"
+"$VENV/bin/pip" install --quiet --no-compile -r "$VENV/requirements-eval.txt"
 if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "torch found in $VENV: nothing here should pull it" >&2
     exit 1

