@@ -77,6 +77,15 @@ if [ "$want_eval" = 1 ] && ! stamp_ok .venv-eval/.humpback-setup "$eval_hash"; t
   eval_pid=$!
 fi
 
+# The embedded vLLM server's venv and the demo model: its installer needs nothing but the
+# standard library, so it starts at once, beside the other venvs (each mostly pip on one core).
+server_pid=
+if [ "$want_server" = 1 ]; then
+  say "embedded vLLM server venv and demo model under $HUMPBACK_HOME (in the background)"
+  "$PYTHON" -m humpback_plugin.vllm.install > .humpback-install.log 2>&1 &
+  server_pid=$!
+fi
+
 deps_hash=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if ! stamp_ok .venv/.humpback-setup "$deps_hash"; then
   say "creating .venv with $($PYTHON --version): the project and its dev tools"
@@ -87,15 +96,6 @@ if ! stamp_ok .venv/.humpback-setup "$deps_hash"; then
   say ".venv ready"
 else
   say ".venv is up to date"
-fi
-
-# The embedded vLLM server's venv and the demo model (needs .venv's humpback command);
-# it installs while Axolotl's venv builds (both mostly pip).
-server_pid=
-if [ "$want_server" = 1 ]; then
-  say "embedded vLLM server venv and demo model under $HUMPBACK_HOME (in the background)"
-  .venv/bin/humpback server install > .humpback-install.log 2>&1 &
-  server_pid=$!
 fi
 
 [ -z "$axo_pid" ] || wait_venv "$axo_pid" .venv-axolotl "$axo_hash"

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from humpback_plugin.core.config import SYSTEM_CONDITIONS, EvalConfig, parse_config
+from humpback_plugin.core.client import ClientConfig
+from humpback_plugin.core.config import (
+    SYSTEM_CONDITIONS,
+    EvalConfig,
+    LmEvalConfig,
+    parse_config,
+)
 from humpback_plugin.core.errors import InputError, ToolMissing
 from humpback_plugin.core.layout import stage_names
 from humpback_plugin.stages.eval import lm_eval, stats
@@ -231,3 +237,39 @@ def test_eval_config_typos_and_unknown_conditions_are_named(tmp_path):
         parse_config({"training": {"base_model": "x"}, "eval": {"generate": {"temprature": 1}}})
     with pytest.raises(InputError, match="eval.ablation.0"):
         parse_config({"training": {"base_model": "x"}, "eval": {"ablation": ["S_x"]}})
+
+
+def test_lm_eval_runs_for_several_models_at_once(monkeypatch, tmp_path):
+    """run_lm_eval_many starts every lm-eval before waiting for any (a fake lm_eval that
+    sleeps, writes lm-eval's results file, and records when it ran)."""
+    fake = tmp_path / "lm_eval"
+    fake.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, pathlib, sys, time\n"
+        "args = sys.argv[1:]\n"
+        "out = pathlib.Path(args[args.index('--output_path') + 1])\n"
+        "start = time.time(); time.sleep(1.0)\n"
+        "out.mkdir(parents=True, exist_ok=True)\n"
+        "(out / 'results_1.json').write_text(json.dumps({'results': {'t': {'acc,none': 0.5}},"
+        " 'ran': [start, time.time()]}))\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv(lm_eval.BIN_ENV, str(fake))
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer_config.json").write_text("{}")
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(json.dumps({"query": "q?", "choices": ["a", "b"], "gold": 0}) + "\n")
+    settings = LmEvalConfig(tasks={"t": str(tasks)})
+    jobs = [
+        (tmp_path / m, ClientConfig(base_urls=["http://127.0.0.1:9/v1"], model=m))
+        for m in ("m0", "m1", "m2")
+    ]
+    summaries = lm_eval.run_lm_eval_many(
+        jobs, settings=settings, tokenizer=str(tokenizer), preflight=False
+    )
+    assert [s["model"] for s in summaries] == ["m0", "m1", "m2"]
+    assert all(s["tasks"]["t"]["acc"] == 0.5 for s in summaries)
+    ran = [json.loads(Path(s["results_file"]).read_text())["ran"] for s in summaries]
+    assert max(start for start, _ in ran) < min(end for _, end in ran)  # they overlapped
+    assert all((tmp_path / m / lm_eval.SUMMARY_NAME).is_file() for m in ("m0", "m1", "m2"))

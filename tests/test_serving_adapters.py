@@ -184,3 +184,21 @@ def test_servers_are_paused_for_a_block_and_continued_after_even_on_error(tmp_pa
         assert {c[1] for c in recorder.calls if c[0] == "pause"} == slots
         raise RuntimeError("the training failed")
     assert {c[1] for c in recorder.calls if c[0] == "resume"} == slots
+
+
+def test_all_up_only_when_no_role_needs_a_start(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state", max_servers=2)
+    models = {role: full_model(tmp_path, role) for role in ("m0", "m1", "m2")}
+    assert not run.all_up(["m0"])  # nothing started yet
+    run.ensure("m0", {}, models["m0"])
+    run.ensure("m1", {}, models["m1"])  # m0 kept, m1 current
+    assert run.all_up(["m0", "m1"]) and not run.all_up(["m0", "m1", "m2"])
+    starts = len(recorder.started)
+    for role in ("m0", "m1"):  # what all_up promised: switching starts nothing
+        run.ensure(role, {}, models[role], any_template=True)
+    assert len(recorder.started) == starts and run.all_up(["m0", "m1"])
+    # One server's adapters are all up together.
+    lora = serving.EmbeddedServing(tmp_path / "lora", max_adapters=3)
+    adapters = {r: adapter(tmp_path, f"a-{r}") for r in ("m0", "m1")}
+    lora.ensure("m0", adapters, tmp_path / "a-m0")
+    assert lora.all_up(["m0", "m1"]) and not lora.all_up(["m2"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from humpback_plugin.commands.common import group
-from humpback_plugin.vllm.install import ensure_installed, is_installed
+from humpback_plugin.vllm.install import ensure_installed, is_installed, summary_lines
 from humpback_plugin.vllm.server import (
     DEFAULT_HOST,
     DEFAULT_KV_CACHE_GIB,
@@ -57,10 +57,7 @@ def install_cmd(home: Path | None, python: str | None, force: bool, device: str 
     info = ensure_installed(home, python, device=device, force=force)
     if info.install_seconds == 0.0:
         click.echo("already installed")
-    click.echo(f"venv:   {info.venv}")
-    click.echo(f"model:  {info.model_dir}")
-    click.echo(f"device: {info.device}")
-    click.echo("versions: " + ", ".join(f"{k}=={v}" for k, v in sorted(info.versions.items())))
+    click.echo("\n".join(summary_lines(info)))
 
 
 @server.command("start")

@@ -30,7 +30,7 @@ from humpback_plugin.core.manifest import Manifest
 from humpback_plugin.stages.eval.compare import SUMMARY_NAME, VERDICTS_NAME, compare_async
 from humpback_plugin.stages.eval.generate import default_generator, generate_async
 from humpback_plugin.stages.eval.instructions import read_items
-from humpback_plugin.stages.eval.lm_eval import run_lm_eval
+from humpback_plugin.stages.eval.lm_eval import run_lm_eval_many
 
 REFERENCE = "reference"
 # What a comparison's manifest stats keep (the full summary is in its summary.json).
@@ -62,6 +62,8 @@ class RunContext(Protocol):
     def _client_config(self, role: str, chat: bool = True) -> ClientConfig: ...
 
     def serve_order(self, roles: list[str]) -> list[str]: ...
+
+    def all_served(self, roles: list[str]) -> bool: ...
 
     def engine(self) -> Engine: ...
 
@@ -266,19 +268,25 @@ def step_lm_eval(run: RunContext) -> None:
     settings = run.config.eval.lm_eval
     tokenizer = lm_eval_tokenizer(run.config)
     models = models_to_evaluate(run.config)
+    tasks = ", ".join([*settings.tasks, *settings.task_names])
+    order = run.serve_order(models)
+    # Every model already up (kept servers, one server's adapters, the user's URLs): one
+    # lm-eval each, all at once. Else one after the other, each server started in turn.
+    batches = [order] if run.all_served(order) else [[model] for model in order]
     stats = {}
-    for model in run.serve_order(models):
-        client = run._client_config(model, chat=False)  # completions: no restart for a template
-        run.log(f"  lm-eval: {model} on {', '.join([*settings.tasks, *settings.task_names])}")
-        summary = run_lm_eval(
-            run.paths.eval_lm_eval(model),
-            client_config=client,
+    for batch in batches:
+        # completions: any chat template serves them, no restart for one
+        clients = [run._client_config(model, chat=False) for model in batch]
+        run.log(f"  lm-eval: {', '.join(batch)} on {tasks}")
+        summaries = run_lm_eval_many(
+            [(run.paths.eval_lm_eval(m), c) for m, c in zip(batch, clients, strict=True)],
             settings=settings,
             tokenizer=tokenizer,
         )
-        scores = ", ".join(f"{t} {s.get('acc')}" for t, s in summary["tasks"].items())
-        run.log(f"  {model}: {scores} ({summary['elapsed_s']:.0f}s)")
-        stats[model] = {"tasks": summary["tasks"], "elapsed_s": summary["elapsed_s"]}
+        for model, summary in zip(batch, summaries, strict=True):
+            scores = ", ".join(f"{t} {s.get('acc')}" for t, s in summary["tasks"].items())
+            run.log(f"  {model}: {scores} ({summary['elapsed_s']:.0f}s)")
+            stats[model] = {"tasks": summary["tasks"], "elapsed_s": summary["elapsed_s"]}
     stats = {model: stats[model] for model in models}  # the run's order, not the asking order
     outputs = [run.paths.eval_lm_eval(model) / "summary.json" for model in models]
     run.manifest.finish(

@@ -371,6 +371,12 @@ class Pipeline:
         """The order to ask ``roles`` in: the model the embedded server holds first."""
         return self._serving.serve_order(roles) if self._serving is not None else roles
 
+    def all_served(self, roles: list[str]) -> bool:
+        """Whether every role is served now, none needing a start (the user's URLs always)."""
+        if self.config.serving.base_urls:
+            return True
+        return self._serving is not None and self._serving.all_up(roles)
+
     def _trained_roles(self) -> list[str]:
         roles = ["backward"] + [f"m{k}" for k in range(self.config.iterations + 1)]
         return [r for r in roles if is_trained(self.paths.trained(r))]

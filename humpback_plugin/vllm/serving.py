@@ -264,6 +264,12 @@ class EmbeddedServing:
 
         return sorted(roles, key=rank)
 
+    def all_up(self, roles: list[str]) -> bool:
+        """Every role up now (the current server's model or adapters, or a kept server):
+        switching between them starts and stops no server."""
+        kept = {k.full_role for k in self._kept}
+        return all(r == self.full_role or r in self._loaded or r in kept for r in roles)
+
     def close(self) -> None:
         if self.handle is not None:
             self._stop(self._slot)

@@ -159,28 +159,40 @@ def check_served(client_config: ClientConfig) -> None:
     asyncio.run(check())
 
 
-def _run(cmd: list[str], env: dict[str, str], log_path: Path) -> None:
-    say(f"  $ {' '.join(cmd)}   (log: {log_path})")
+def _run_all(runs: list[tuple[list[str], dict[str, str], Path]]) -> list[float]:
+    """Run the commands at once, each with its log; returns each one's seconds. Interrupted:
+    every lm-eval (each in its own session, with its workers) is taken down with us."""
     started = time.monotonic()
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            while proc.poll() is None:
-                time.sleep(0.5)
-        except BaseException:
-            # Interrupted: take lm-eval and its workers down with us.
+    procs = []
+    try:
+        for cmd, env, log_path in runs:
+            say(f"  $ {' '.join(cmd)}   (log: {log_path})")
+            with open(log_path, "ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                )
+        elapsed: dict[int, float] = {}
+        while len(elapsed) < len(procs):
+            for i, proc in enumerate(procs):
+                if i not in elapsed and proc.poll() is not None:
+                    elapsed[i] = time.monotonic() - started
+            time.sleep(0.5)
+    except BaseException:
+        for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
             proc.wait()
-            raise
-    if proc.returncode != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-        raise ToolFailed(
-            f"lm-eval exited with {proc.returncode} after {time.monotonic() - started:.0f}s; "
-            f"tail of {log_path}:\n{tail}"
-        )
+        raise
+    for i, (proc, (_, _, log_path)) in enumerate(zip(procs, runs, strict=True)):
+        if proc.returncode != 0:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+            raise ToolFailed(
+                f"lm-eval exited with {proc.returncode} after {elapsed[i]:.0f}s; "
+                f"tail of {log_path}:\n{tail}"
+            )
+    return [elapsed[i] for i in range(len(procs))]
 
 
 def read_results(output_path: Path) -> dict[str, Any]:
@@ -220,8 +232,21 @@ def run_lm_eval(
 ) -> dict[str, Any]:
     """Run every task against ``client_config.model``; writes ``summary.json`` (accuracy
     per task) in ``output_dir`` and returns it."""
+    return run_lm_eval_many(
+        [(output_dir, client_config)], settings=settings, tokenizer=tokenizer, preflight=preflight
+    )[0]
+
+
+def run_lm_eval_many(
+    jobs: list[tuple[str | os.PathLike, ClientConfig]],
+    *,
+    settings: LmEvalConfig,
+    tokenizer: str,
+    preflight: bool = True,
+) -> list[dict[str, Any]]:
+    """:func:`run_lm_eval` for several models at once, one lm-eval each (mostly waiting on
+    its server, so two cores run three side by side); a summary per ``(output_dir, model)``."""
     exe = find_lm_eval(settings.executable)
-    work = Path(output_dir)
     tokenizer_path = Path(tokenizer).expanduser()
     if not (tokenizer_path / "tokenizer_config.json").is_file() and (
         os.sep in tokenizer or tokenizer.startswith(".")
@@ -230,32 +255,37 @@ def run_lm_eval(
             f"tokenizer {tokenizer}: no tokenizer_config.json there; give the model's folder "
             "(--tokenizer), the hub is not used"
         )
-    work.mkdir(parents=True, exist_ok=True)
-    tasks_dir, names, written = _prepare_tasks(settings, work)
-    if preflight:
-        check_served(client_config)
-    args = model_args(client_config.base_urls[0], client_config.model, str(tokenizer), settings)
-    output_path = work / "results"
-    cmd = build_command(
-        exe, args, names, tasks_dir, output_path, work / "cache" / "requests", settings
-    )
-    (work / "cache").mkdir(exist_ok=True)
-    started = time.monotonic()
-    _run(cmd, tool_env(client_config.api_key, work), work / LOG_NAME)
-    results = read_results(output_path)
-    summary = {
-        "stage": "eval_lm_eval",
-        "model": client_config.model,
-        "base_url": client_config.base_urls[0],
-        "tasks": task_scores(results),
-        "task_files": written,
-        "limit": settings.limit,
-        "num_fewshot": settings.num_fewshot,
-        "tokenizer": str(tokenizer),
-        "lm_eval_version": results.get("lm_eval_version"),
-        "results_file": results["_path"],
-        "log": str(work / LOG_NAME),
-        "elapsed_s": round(time.monotonic() - started, 1),
-    }
-    write_json_atomic(work / SUMMARY_NAME, summary)
-    return summary
+    runs, prepared = [], []
+    for output_dir, client_config in jobs:
+        work = Path(output_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        tasks_dir, names, written = _prepare_tasks(settings, work)
+        if preflight:
+            check_served(client_config)
+        args = model_args(client_config.base_urls[0], client_config.model, tokenizer, settings)
+        cmd = build_command(
+            exe, args, names, tasks_dir, work / "results", work / "cache" / "requests", settings
+        )
+        (work / "cache").mkdir(exist_ok=True)
+        runs.append((cmd, tool_env(client_config.api_key, work), work / LOG_NAME))
+        prepared.append((work, client_config, written))
+    summaries = []
+    for (work, client_config, written), elapsed in zip(prepared, _run_all(runs), strict=True):
+        results = read_results(work / "results")
+        summary = {
+            "stage": "eval_lm_eval",
+            "model": client_config.model,
+            "base_url": client_config.base_urls[0],
+            "tasks": task_scores(results),
+            "task_files": written,
+            "limit": settings.limit,
+            "num_fewshot": settings.num_fewshot,
+            "tokenizer": str(tokenizer),
+            "lm_eval_version": results.get("lm_eval_version"),
+            "results_file": results["_path"],
+            "log": str(work / LOG_NAME),
+            "elapsed_s": round(elapsed, 1),
+        }
+        write_json_atomic(work / SUMMARY_NAME, summary)
+        summaries.append(summary)
+    return summaries
