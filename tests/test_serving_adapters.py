@@ -202,3 +202,36 @@ def test_all_up_only_when_no_role_needs_a_start(tmp_path, recorder):
     adapters = {r: adapter(tmp_path, f"a-{r}") for r in ("m0", "m1")}
     lora.ensure("m0", adapters, tmp_path / "a-m0")
     assert lora.all_up(["m0", "m1"]) and not lora.all_up(["m2"])
+
+
+def test_the_judge_starts_early_in_the_background_and_ensure_waits_for_it(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state", max_servers=3)
+    models = {role: full_model(tmp_path, role) for role in ("m0", "m1", "m2")}
+    run.ensure("m0", {}, models["m0"])
+    run.ensure("m1", {}, models["m1"])  # m0 kept, m1 current: room for one more
+    assert run.start_base_early()
+    assert not run.start_base_early()  # one start is under way already
+    early_slot = recorder.started[-1][1]
+    assert recorder.started[-1][0] == "base"
+    assert early_slot not in {d for _, d in recorder.started[:-1]}  # a folder of its own
+    # No room for m2 beside three: the least recently used kept one goes, not the judge.
+    run.ensure("m2", {}, models["m2"])
+    assert recorder.stopped[-1] == recorder.started[0][1]  # m0's
+    assert run.ensure("judge", {}, None) == (["http://127.0.0.1:1/v1"], "base")
+    assert [m for m, _ in recorder.started] == ["m0", "m1", "base", "m2"]  # no second start
+    run.close()
+    assert early_slot in recorder.stopped
+
+
+def test_no_early_judge_without_room_or_beside_adapters(tmp_path, recorder):
+    run = serving.EmbeddedServing(tmp_path / "state", max_servers=2)
+    models = {role: full_model(tmp_path, role) for role in ("m0", "m1")}
+    run.ensure("m0", {}, models["m0"])
+    run.ensure("m1", {}, models["m1"])
+    assert not run.start_base_early()  # two up, two allowed: none is stopped for it
+    lora = serving.EmbeddedServing(tmp_path / "lora", max_adapters=3, max_servers=3)
+    lora.ensure("m0", {"m0": adapter(tmp_path, "a-m0")}, tmp_path / "a-m0")
+    assert not lora.start_base_early()  # the base model is on the adapters' server
+    fixed = serving.EmbeddedServing(tmp_path / "fixed", port=8000, max_servers=3)
+    assert not fixed.start_base_early()  # one fixed port cannot hold two servers
+    assert [m for m, _ in recorder.started] == ["m0", "m1", "base"]

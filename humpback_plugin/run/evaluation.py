@@ -65,6 +65,8 @@ class RunContext(Protocol):
 
     def all_served(self, roles: list[str]) -> bool: ...
 
+    def start_judge_early(self) -> None: ...
+
     def engine(self) -> Engine: ...
 
 
@@ -175,6 +177,8 @@ def step_generate(run: RunContext) -> None:
     # path the CPU server is known to handle well; a GPU server is busy either way.
     # Each model's client is made just before its answers: serving a full fine-tune can
     # restart the embedded server, which moves the others' URLs.
+    if "compare" in cfg.stages():
+        run.start_judge_early()  # its start overlaps the answers below
     by_name: dict[str, dict[str, Any]] = {}
     for role in run.serve_order(roles):
         client = run._client_config(role)

