@@ -8,7 +8,7 @@
 # the same pip call: a bare `torch` resolves to a multi-GB CUDA build. On a GPU machine
 # install the CUDA torch 2.13.0 wheel instead (pip's default index) and add
 # `axolotl[flash-attn,deepspeed]` as needed.
-# Measured on 2 CPU cores with a warm pip cache: about 2.5 minutes, 4.3 GB.
+# Measured on 2 CPU cores with a warm pip cache: 83 s alone (177 s byte-compiling), 4.3 GB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv-axolotl}"

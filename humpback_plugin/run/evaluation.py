@@ -65,8 +65,6 @@ class RunContext(Protocol):
 
     def all_served(self, roles: list[str]) -> bool: ...
 
-    def start_judge_early(self) -> None: ...
-
     def engine(self) -> Engine: ...
 
 
@@ -177,8 +175,6 @@ def step_generate(run: RunContext) -> None:
     # path the CPU server is known to handle well; a GPU server is busy either way.
     # Each model's client is made just before its answers: serving a full fine-tune can
     # restart the embedded server, which moves the others' URLs.
-    if "compare" in cfg.stages():
-        run.start_judge_early()  # its start overlaps the answers below
     by_name: dict[str, dict[str, Any]] = {}
     for role in run.serve_order(roles):
         client = run._client_config(role)
@@ -274,8 +270,8 @@ def step_lm_eval(run: RunContext) -> None:
     models = models_to_evaluate(run.config)
     tasks = ", ".join([*settings.tasks, *settings.task_names])
     order = run.serve_order(models)
-    # Every model already up (kept servers, one server's adapters, the user's URLs): one
-    # lm-eval each, all at once. Else one after the other, each server started in turn.
+    # On the user's own servers one lm-eval per model, all at once; on the embedded ones
+    # (CPU cores shared with lm-eval) one after the other, each server started in turn.
     batches = [order] if run.all_served(order) else [[model] for model in order]
     stats = {}
     for batch in batches:

@@ -369,14 +369,9 @@ class Pipeline:
         return self._serving.serve_order(roles) if self._serving is not None else roles
 
     def all_served(self, roles: list[str]) -> bool:
-        """Whether every role is served now, none needing a start (the user's URLs always)."""
-        s = self._serving
-        return bool(self.config.serving.base_urls) or (s is not None and s.all_up(roles))
-
-    def start_judge_early(self) -> None:
-        """The embedded base model's server (the judge) starting in the background."""
-        if self._serving is not None and self.config.eval.judge not in self._trained_roles():
-            self._serving.start_base_early()
+        """Whether every role is served now by the user's own servers (GPU servers: their
+        lm-eval runs overlap; the embedded CPU servers share the cores with them)."""
+        return bool(self.config.serving.base_urls)
 
     def _trained_roles(self) -> list[str]:
         roles = ["backward"] + [f"m{k}" for k in range(self.config.iterations + 1)]

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +102,6 @@ class EmbeddedServing:
         self.full_role: str | None = None  # the full fine-tune the server holds, if any
         self._slot = self.state_dir  # the current server's state folder
         self._kept: list[_Kept] = []  # least recently used first
-        self._starting: dict[tuple, tuple[Future, Path]] = {}  # key -> (start, state folder)
         self._leftovers_stopped = False
 
     def ensure(
@@ -141,21 +139,16 @@ class EmbeddedServing:
             self._key = key
             return [self.handle.base_url], role if trained is not None else self.handle.model
         kept = self._take_kept(key, any_template)
-        early = self._starting.pop(key, None) if kept is None else None
         self._keep_or_close_current()
-        if early is not None:  # started in the background (start_base_early): wait for it
-            kept = _Kept(early[0].result(), key, None, early[1])
-            say(f"  serving {role} on the embedded vLLM started early for it")
-        elif kept is not None:
-            say(f"  serving {role} on the embedded vLLM kept up for it (no start)")
         if kept is not None:
             self.handle, self._key, self.full_role, self._slot = (
                 kept.handle, kept.key, kept.full_role, kept.state_dir
             )  # fmt: skip
             self._loaded, self._capacity, self._rank = {}, 0, 0
+            say(f"  serving {role} on the embedded vLLM kept up for it (no start)")
             return [self.handle.base_url], role if trained is not None else self.handle.model
         self._stop_leftovers()
-        while self._kept and len(self._kept) + len(self._starting) >= self.max_servers:
+        while self._kept and len(self._kept) >= self.max_servers:
             self._stop(self._kept.pop(0).state_dir)  # the least recently used
         self._slot = self._free_slot()
         say(
@@ -200,34 +193,10 @@ class EmbeddedServing:
             self._stop(self._slot)
         self.handle, self._key, self.full_role, self._loaded = None, None, None, {}
 
-    def start_base_early(self) -> bool:
-        """Start the base model's server (the evaluation's judge) in the background, so that
-        its start overlaps the models' answers: only where it gets a server of its own (no
-        adapters), on a free port, with room beside the servers up (none is stopped for it).
-        :meth:`ensure` for it waits for this start. Returns whether one began."""
-        key = (_model_key(None), (), None)
-        up = [k.key for k in self._kept] + ([self._key] if self.handle is not None else [])
-        if self._loaded or self.port or key in up or key in self._starting:
-            return False
-        if len(up) + len(self._starting) >= self.max_servers:
-            return False
-        self._stop_leftovers()
-        slot = self._free_slot()
-        say("  starting the base model's vLLM in the background (the judge)")
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-start")
-        start = pool.submit(
-            server.start_server, port=0, state_dir=slot, loras=[], max_loras=self.max_adapters
-        )
-        pool.shutdown(wait=False)
-        self._starting[key] = (start, slot)
-        return True
-
     def _free_slot(self) -> Path:
         """A state folder no running server uses: the run's own first (as with one server),
         then ``server-2``, ``server-3``, ..."""
-        used = {kept.state_dir for kept in self._kept} | {s for _, s in self._starting.values()}
-        if self.handle is not None:
-            used.add(self._slot)
+        used = {kept.state_dir for kept in self._kept}
         slots = [self.state_dir] + [self.state_dir / f"server-{i}" for i in range(2, 64)]
         return next(slot for slot in slots if slot not in used)
 
@@ -295,19 +264,7 @@ class EmbeddedServing:
 
         return sorted(roles, key=rank)
 
-    def all_up(self, roles: list[str]) -> bool:
-        """Every role up now (the current server's model or adapters, or a kept server):
-        switching between them starts and stops no server."""
-        kept = {k.full_role for k in self._kept}
-        return all(r == self.full_role or r in self._loaded or r in kept for r in roles)
-
     def close(self) -> None:
-        for start, slot in self._starting.values():
-            self._stop(slot)  # a start under way ends with its process
-            with contextlib.suppress(Exception):
-                start.result()
-            self._stop(slot)  # one that got up before the first stop
-        self._starting = {}
         if self.handle is not None:
             self._stop(self._slot)
         for kept in self._kept:

@@ -212,10 +212,9 @@ def demo_config(run_dir: Path, *, segments: int = 24, steps: int = 4) -> RunConf
             # an example, so each training is ~20 s shorter than with 4.
             overrides={"gradient_accumulation_steps": 1},
         ),
-        # Four servers up at once (about 3.5 GB each): the evaluation finds M0 and M1 still
-        # up from curation instead of starting them again (about 30 s each), and the judge
-        # starts while the models answer.
-        serving=ServingConfig(embedded_servers=4),
+        # Three servers up at once (about 3.5 GB each): the evaluation finds M0 and M1 still
+        # up from curation instead of starting them again (about 30 s each).
+        serving=ServingConfig(embedded_servers=3),
         iterations=2,
         eval=demo_eval_config(inputs, model_dir),
     )

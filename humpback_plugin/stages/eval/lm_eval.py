@@ -245,8 +245,8 @@ def run_lm_eval_many(
     preflight: bool = True,
 ) -> list[dict[str, Any]]:
     """:func:`run_lm_eval` for several models at once, one lm-eval each: against GPU servers
-    each mostly waits on its server (on 2 CPU cores, where the servers share the cores,
-    three at once took as long as one after another); a summary per ``(output_dir, model)``."""
+    each mostly waits on its server (on 2 CPU cores shared with the servers, three at once
+    were slower than one after another); a summary per ``(output_dir, model)``."""
     exe = find_lm_eval(settings.executable)
     tokenizer_path = Path(tokenizer).expanduser()
     if not (tokenizer_path / "tokenizer_config.json").is_file() and (
