@@ -63,8 +63,6 @@ class RunContext(Protocol):
 
     def serve_order(self, roles: list[str]) -> list[str]: ...
 
-    def all_served(self, roles: list[str]) -> bool: ...
-
     def engine(self) -> Engine: ...
 
 
@@ -272,7 +270,7 @@ def step_lm_eval(run: RunContext) -> None:
     order = run.serve_order(models)
     # On the user's own servers one lm-eval per model, all at once; on the embedded ones
     # (CPU cores shared with lm-eval) one after the other, each server started in turn.
-    batches = [order] if run.all_served(order) else [[model] for model in order]
+    batches = [order] if run.config.serving.base_urls else [[model] for model in order]
     stats = {}
     for batch in batches:
         # completions: any chat template serves them, no restart for one

@@ -368,11 +368,6 @@ class Pipeline:
         """The order to ask ``roles`` in: the model the embedded server holds first."""
         return self._serving.serve_order(roles) if self._serving is not None else roles
 
-    def all_served(self, roles: list[str]) -> bool:
-        """Whether every role is served now by the user's own servers (GPU servers: their
-        lm-eval runs overlap; the embedded CPU servers share the cores with them)."""
-        return bool(self.config.serving.base_urls)
-
     def _trained_roles(self) -> list[str]:
         roles = ["backward"] + [f"m{k}" for k in range(self.config.iterations + 1)]
         return [r for r in roles if is_trained(self.paths.trained(r))]
