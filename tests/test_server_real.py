@@ -353,13 +353,13 @@ def test_a_relative_model_path_reaches_vllm_absolute(
         srv.stop_server(fake_home, grace=5)
 
 
-def _states(pids: list[int], settled: str = "") -> set[str]:
-    """The processes' states, once they all show ``settled`` when given: a signal is
-    delivered asynchronously, so give them up to 5 s to get there."""
+def _states(pids: list[int], until=lambda states: True) -> set[str]:
+    """The processes' states, once ``until`` holds for them: a signal is delivered
+    asynchronously, so give them up to 5 s to get there."""
     deadline = time.monotonic() + 5
     while True:
         states = {Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in pids}
-        if not settled or states == {settled} or time.monotonic() > deadline:
+        if until(states) or time.monotonic() > deadline:
             return states
         time.sleep(0.05)
 
@@ -371,15 +371,13 @@ def test_fake_pause_stops_the_whole_group_and_a_paused_server_still_stops(
     members = group_members(h.pid)
     try:
         assert srv.pause_server(fake_home) is True
-        assert _states(members, "T") == {"T"}  # every process of the group, the worker too
+        stopped = _states(members, until=lambda states: states == {"T"})
+        assert stopped == {"T"}  # every process of the group, the worker too
         with pytest.raises(httpx.TimeoutException):
             httpx.get(f"{h.base_url}/models", timeout=1)
         assert srv.pause_server(fake_home, resume=True) is True
         assert httpx.get(f"{h.base_url}/models", timeout=10).status_code == 200
-        deadline = time.monotonic() + 5
-        while "T" in _states(members) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "T" not in _states(members)
+        assert "T" not in _states(members, until=lambda states: "T" not in states)
         srv.pause_server(fake_home)  # paused again, then stopped: SIGINT is acted on
     finally:
         started = time.monotonic()
