@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from humpback_plugin.core.client import ClientConfig, ClientStats  # noqa: E402
-from humpback_plugin.core.engine import RemoteCalls  # noqa: E402
 from humpback_plugin.core.hashing import content_hash  # noqa: E402
+from humpback_plugin.core.remote import RemoteCalls  # noqa: E402
 from humpback_plugin.stages.augment.stage import augment_async  # noqa: E402
 from tests.fast_stub import FastStub  # noqa: E402
 

@@ -11,6 +11,10 @@ All in one run, each figure beside a baseline measured in the same run:
   record's payload of a per-record-gzipped WARC of the pages, MB/s of payload.
 * **Workers**: ``segment_corpus`` with 1 and with 2 workers on copies of the pages (each
   copy perturbed so dedup keeps it), the speed-up, and that both outputs are identical.
+* **Engines** (``--only engines``, needs Ray): the same corpus on the local engine (1 and
+  2 workers) and on a local Ray instance with every core: ``--engine ray`` (Ray Data)
+  against the engine it replaced (a Ray task per chunk of 16 documents), in alternation,
+  and that every output is identical to one local worker's.
 
 Throughput figures are the best of ``--repeat`` runs (other load only slows a run down).
 Usage: ``python bench/bench_extraction.py [--copies 3] [--repeat 2] [--json]``. About 3
@@ -183,6 +187,90 @@ def workers(files: list[Path], tmp: Path, total_mb: float, repeat: int) -> dict:
     }
 
 
+def engines(files: list[Path], tmp: Path, total_mb: float, repeat: int) -> dict:
+    """The local engine and Ray (a local instance with this machine's cores), each run
+    once untimed (imports, Ray's workers, the language model), then in alternation."""
+    import logging
+
+    import ray
+
+    from humpback_plugin.core.engine import available_cores
+    from humpback_plugin.core.ray_engine import RayEngine
+
+    ray.init(
+        num_cpus=available_cores(),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    folder = str(files[0].parent)
+    settings = {
+        "local, 1 worker": {"workers": 1},
+        "local, 2 workers": {"workers": 2},
+        "ray: Ray Data (--engine ray)": {"engine": RayEngine()},
+        "ray: a task per chunk (before)": {"engine": RayTasksEngine()},
+    }
+
+    def run(name: str) -> float:
+        options = dict(settings[name])
+        engine = options.pop("engine", None)
+        out = tmp / f"engine-{len(name)}-{name[:5]}.jsonl"
+        config = CorpusConfig(**options)
+        start = time.perf_counter()
+        segment_corpus(
+            [folder], out, config, engine=engine, progress=False, warn=lambda message: None
+        )
+        seconds = time.perf_counter() - start
+        outputs[name] = out.read_bytes()
+        return seconds
+
+    outputs: dict[str, bytes] = {}
+    try:
+        for name in settings:
+            run(name)
+        times: dict[str, list[float]] = {name: [] for name in settings}
+        for _ in range(repeat):
+            for name in settings:
+                times[name].append(run(name))
+    finally:
+        ray.shutdown()
+    reference = outputs["local, 1 worker"]
+    return {
+        "pages": len(files),
+        "mb": round(total_mb, 1),
+        "cores": available_cores(),
+        "mb_s": {name: round(total_mb / min(t), 1) for name, t in times.items()},
+        "identical_output": all(out == reference for out in outputs.values()),
+    }
+
+
+class RayTasksEngine:
+    """The baseline: ``--engine ray`` before Ray Data, a Ray task per chunk, at most two
+    chunks per CPU in flight (the code it had, kept here to measure against)."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self.ray = ray
+        self.workers = int(ray.cluster_resources().get("CPU", 1))
+
+    def map_ordered(self, fn, items, *, chunk_size: int = 64):
+        from collections import deque
+
+        from humpback_plugin.core.chunks import chunks, run_chunk
+
+        task = self.ray.remote(run_chunk)
+        limit = 2 * self.workers
+        fn_ref = self.ray.put(fn)
+        pending: deque = deque()
+        for chunk in chunks(items, chunk_size):
+            pending.append(task.remote(fn_ref, chunk))
+            if len(pending) >= limit:
+                yield from self.ray.get(pending.popleft())
+        while pending:
+            yield from self.ray.get(pending.popleft())
+
+
 def _cpu() -> tuple[float, float]:
     """CPU seconds so far of this process and of its finished child processes."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -224,7 +312,9 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=3, help="copies of the 120 pages")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
     parser.add_argument("--json", action="store_true", help="print only JSON")
-    parser.add_argument("--only", choices=["extractors", "warc", "workers"], help="one part")
+    parser.add_argument(
+        "--only", choices=["extractors", "warc", "workers", "engines"], help="one part"
+    )
     args = parser.parse_args()
     if not (SHARED / "html_ground_truth.json").is_file():
         raise SystemExit(f"{SHARED} is missing: the benchmark needs the shared pages")
@@ -240,6 +330,8 @@ def main() -> None:
                 results["warc"] = warc_readers(files, tmp, args.repeat)
             if args.only in (None, "workers"):
                 results["workers"] = workers(files, tmp, total / 1e6, max(3, args.repeat))
+            if args.only == "engines":
+                results["engines"] = engines(files, tmp, total / 1e6, max(3, args.repeat))
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -254,6 +346,8 @@ def _print(results: dict) -> None:
         _print_warc(results["warc"])
     if "workers" in results:
         _print_workers(results["workers"])
+    if "engines" in results:
+        _print_engines(results["engines"])
     print(f"total {results['total_seconds']} s")
 
 
@@ -289,6 +383,13 @@ def _print_workers(k: dict) -> None:
     print(f"  CPU seconds: 1 worker {k['cpu_seconds_one_worker']}, 2 workers "
           f"{k['cpu_seconds_two_workers']} (main process {k['main_process_cpu_share']:.0%}); "
           f"on an idle 2-core machine that is {k['idle_machine_estimate']}x")  # fmt: skip
+
+
+def _print_engines(k: dict) -> None:
+    print(f"Engines ({k['pages']} pages, {k['mb']} MB, all default filters, {k['cores']} cores; "
+          f"output identical to one local worker's: {k['identical_output']})")  # fmt: skip
+    for name, mb_s in k["mb_s"].items():
+        print(f"  {name:<32}{mb_s:>7} MB/s")
 
 
 if __name__ == "__main__":

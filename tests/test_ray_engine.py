@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
+import os
 import shutil
 import sys
 import time
@@ -25,16 +27,13 @@ from click.testing import CliRunner
 from humpback_plugin.cli import cli
 from humpback_plugin.commands.augment import augment_command
 from humpback_plugin.commands.segment import segment_command
+from humpback_plugin.core.chunks import chunks
 from humpback_plugin.core.client import ClientConfig, RequestRejected
 from humpback_plugin.core.config import CurateConfig, RunConfig, parse_config
-from humpback_plugin.core.engine import (
-    RayEngine,
-    RemoteError,
-    chunks,
-    make_engine,
-    worker_configs,
-)
+from humpback_plugin.core.engine import make_engine
 from humpback_plugin.core.errors import ServerUnavailable, StageInterrupted, UsageError
+from humpback_plugin.core.ray_engine import RayEngine
+from humpback_plugin.core.remote import RemoteError, worker_configs
 from humpback_plugin.stages.augment.stage import augment
 from humpback_plugin.stages.curate.stage import curate
 from humpback_plugin.stages.eval.generate import generate_outputs
@@ -79,6 +78,32 @@ def test_map_ordered_keeps_input_order_across_workers(engine):
 def _sleepy_square(delay: float, x: int) -> int:
     time.sleep(delay * (x % 5 == 0) * (300 - x) / 100)
     return x * x
+
+
+def _fail_at(bad: int, x: int) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def _pid(_x: int) -> int:
+    return os.getpid()
+
+
+def test_map_ordered_on_ray_data_raises_in_order_stops_early_and_runs_elsewhere(engine):
+    seen = []
+    fail_at_150 = functools.partial(_fail_at, 150)
+    with pytest.raises(ValueError, match="bad item 150"):
+        for result in engine.map_ordered(fail_at_150, range(900), chunk_size=5):
+            seen.append(result)
+    # Everything before the failing chunk (150-154) came back first, in order.
+    assert seen == list(range(150))
+    # An endless input: windows are read lazily, and stopping early ends the work.
+    results = engine.map_ordered(square, itertools.count(), chunk_size=4)
+    assert list(itertools.islice(results, 100)) == [x * x for x in range(100)]
+    results.close()
+    pids = set(engine.map_ordered(_pid, range(200), chunk_size=4))
+    assert pids and os.getpid() not in pids
 
 
 def test_chunks_and_worker_configs_share_the_concurrency():

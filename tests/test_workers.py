@@ -15,11 +15,11 @@ from humpback_plugin.core.config import CorpusConfig
 from humpback_plugin.core.engine import (
     ENGINES,
     LocalEngine,
-    RayEngine,
     available_cores,
     make_engine,
 )
 from humpback_plugin.core.errors import UnknownComponent
+from humpback_plugin.core.ray_engine import RayEngine
 from humpback_plugin.core.records import Segment
 from humpback_plugin.hookspecs import hookimpl
 from humpback_plugin.plugins import pm
@@ -94,7 +94,7 @@ def test_errors_propagate_and_early_stops_close_the_pool():
 
 
 def test_errors_that_cannot_travel_back_do_not_hang_the_pool():
-    from humpback_plugin.core.engine import WorkerError
+    from humpback_plugin.core.chunks import WorkerError
     from humpback_plugin.core.errors import InputError
 
     with pytest.raises(WorkerError, match="OddError: 3: cannot be rebuilt"):
