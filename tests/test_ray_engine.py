@@ -281,7 +281,7 @@ def test_humpback_run_with_engine_ray_in_the_config_equals_a_local_run(tmp_path,
             assert result.exit_code == 0, result.output
     manifest = json.loads((runs["ray"] / "manifest.json").read_text())
     assert manifest["config"]["engine"] == "ray"
-    # The segments stage ran as Ray tasks too (``engine: ray`` is the run's engine).
+    # The segments stage ran on Ray Data too (``engine: ray`` is the run's engine).
     segments = manifest["stages"]["segments"]["stats"]
     assert segments["workers"] == 2 and segments["kept"] > 0
     for dataset in ("segments/segments.jsonl", "segments/rejected.jsonl",
@@ -292,7 +292,7 @@ def test_humpback_run_with_engine_ray_in_the_config_equals_a_local_run(tmp_path,
 
 
 def test_segment_on_ray_equals_one_local_worker(shared_data, tmp_path, ray_address):
-    """``humpback segment --engine ray``: the per-document work as Ray tasks, the dedup
+    """``humpback segment --engine ray``: the per-document work on Ray Data, the dedup
     filters in this process; records, order, rejections and counts as one local worker's."""
     web = shared_data / "web"
     pages = tmp_path / "pages"

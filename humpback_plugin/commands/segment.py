@@ -216,7 +216,7 @@ def segment_command(
     --workers N runs extraction, segmentation and the per-segment filters in N
     processes; deduplication stays in this process, in input order, so the output is
     the same records in the same order as with one worker. --engine ray runs that work
-    as Ray tasks on a Ray cluster (--ray-address; deduplication still here), with the
+    with Ray Data on a Ray cluster (--ray-address; deduplication still here), with the
     same output.
 
     \b

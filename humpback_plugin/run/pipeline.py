@@ -224,7 +224,7 @@ class Pipeline:
         if not cfg.inputs:
             raise UsageError("the config has no corpus.inputs")
         # The run's engine when it is not the local one (``engine: ray``: the corpus stage's
-        # work as Ray tasks too); else ``corpus.engine`` with ``corpus.workers``.
+        # work on Ray Data too); else ``corpus.engine`` with ``corpus.workers``.
         summary = segment_corpus(
             cfg.inputs,
             self.paths.segments,
