@@ -27,11 +27,16 @@ from click.testing import CliRunner
 from humpback_plugin.cli import cli
 from humpback_plugin.commands.augment import augment_command
 from humpback_plugin.commands.segment import segment_command
-from humpback_plugin.core.chunks import chunks
+from humpback_plugin.core.chunks import WorkerError, chunks
 from humpback_plugin.core.client import ClientConfig, RequestRejected
 from humpback_plugin.core.config import CurateConfig, RunConfig, parse_config
 from humpback_plugin.core.engine import make_engine
-from humpback_plugin.core.errors import ServerUnavailable, StageInterrupted, UsageError
+from humpback_plugin.core.errors import (
+    InputError,
+    ServerUnavailable,
+    StageInterrupted,
+    UsageError,
+)
 from humpback_plugin.core.ray_engine import RayEngine
 from humpback_plugin.core.remote import RemoteError, worker_configs
 from humpback_plugin.stages.augment.stage import augment
@@ -46,6 +51,7 @@ from tests.test_faults import (
     write_segments,
 )
 from tests.test_pipeline import make_config, stub_handler
+from tests.test_workers import fail_oddly, raise_input_error
 
 
 @pytest.fixture
@@ -104,6 +110,11 @@ def test_map_ordered_on_ray_data_raises_in_order_stops_early_and_runs_elsewhere(
     results.close()
     pids = set(engine.map_ordered(_pid, range(200), chunk_size=4))
     assert pids and os.getpid() not in pids
+    # Errors come back as themselves, or as a WorkerError when they cannot be rebuilt.
+    with pytest.raises(InputError, match=r"^a\.warc:byte 7: broken$"):
+        list(engine.map_ordered(raise_input_error, range(2)))
+    with pytest.raises(WorkerError, match="OddError: 3: cannot be rebuilt"):
+        list(engine.map_ordered(fail_oddly, range(8)))
 
 
 def test_chunks_and_worker_configs_share_the_concurrency():

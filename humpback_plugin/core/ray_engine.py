@@ -18,7 +18,6 @@ import contextlib
 import logging
 import math
 import os
-import pickle
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +25,7 @@ from functools import partial
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from humpback_plugin.core.chunks import WorkerError, chunks, run_chunk
+from humpback_plugin.core.chunks import chunks, run_chunk
 from humpback_plugin.core.client import ClientConfig, ClientStats
 from humpback_plugin.core.errors import UsageError
 from humpback_plugin.core.remote import ModelWorker, RemoteCalls, Work, worker_configs
@@ -122,7 +121,6 @@ class RayEngine:
             data,
             fn,
             chunk_size=chunk_size,
-            per_block=per_block,
             concurrency=self._workers,
         )
         pending: deque[Future] = deque()
@@ -213,16 +211,19 @@ def _run_window(
     window: list[Any],
     *,
     chunk_size: int,
-    per_block: int,
     concurrency: int | None,
-) -> list[bytes]:
-    """One window through Ray Data: the outcome of each chunk, pickled, in input order."""
-    rows = [{"i": i, "item": pickle.dumps(item)} for i, item in enumerate(window)]
-    dataset = data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
-    mapped = dataset.map_batches(
+) -> list[tuple[str, Any]]:
+    """One window through Ray Data: the outcome of each chunk, in input order.
+
+    A row is a whole chunk (a row per item cost Ray Data's conversion per item), held as
+    a Python object, which Ray serializes as it does a task's arguments; a block is
+    ``BATCHES_PER_BLOCK`` rows, and a Ray Data task maps one block."""
+    rows = [{"i": i, "chunk": c} for i, c in enumerate(chunks(window, chunk_size))]
+    blocks = math.ceil(len(rows) / BATCHES_PER_BLOCK)
+    mapped = data.from_items(rows, override_num_blocks=blocks).map_batches(
         _run_batch,
         fn_kwargs={"fn": fn},
-        batch_size=chunk_size,
+        batch_size=1,
         batch_format="numpy",
         concurrency=concurrency,
     )
@@ -235,18 +236,17 @@ def _run_batch(batch: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any
     import numpy as np
 
     try:
-        outcome = pickle.dumps(("ok", run_chunk(fn, [pickle.loads(b) for b in batch["item"]])))
+        outcome: tuple[str, Any] = ("ok", run_chunk(fn, list(batch["chunk"][0])))
     except Exception as exc:  # noqa: BLE001 - re-raised by the driver
-        try:
-            outcome = pickle.dumps(("error", exc))
-        except Exception:  # noqa: BLE001 - an exception that cannot be pickled
-            outcome = pickle.dumps(("error", WorkerError(f"{type(exc).__name__}: {exc}")))
-    return {"i": batch["i"][:1], "out": np.array([outcome], dtype=object)}
+        # run_chunk has made one that cannot be rebuilt elsewhere a WorkerError already.
+        outcome = ("error", exc)
+    out = np.empty(1, dtype=object)  # one cell holding the tuple, not an array made of it
+    out[0] = outcome
+    return {"i": batch["i"], "out": out}
 
 
-def _unpack_window(outcomes: list[bytes]) -> Iterator[Any]:
-    for payload in outcomes:
-        kind, value = pickle.loads(payload)
+def _unpack_window(outcomes: list[tuple[str, Any]]) -> Iterator[Any]:
+    for kind, value in outcomes:
         if kind == "error":
             raise value
         yield from value
