@@ -35,12 +35,14 @@ R = TypeVar("R")
 RAY_INSTALL_HINT = "pip install 'humpback-plugin[ray]'"
 # A block of Ray Data is this many chunks: a Ray Data task costs several milliseconds,
 # so a task per chunk would cost more than a document's work.
-BATCHES_PER_BLOCK = 2
+CHUNKS_PER_BLOCK = 2
 # Blocks a window gives each worker: fewer leave CPUs idle at a window's end, more hold
 # more items (bench_extraction.py --only engines: 2 x 4 was the best of those tried).
 BLOCKS_PER_WORKER = 4
 # Windows of at most this many blocks bound the items and results held at once.
 MAX_BLOCKS_PER_WINDOW = 128
+# Windows running at once: while the driver takes one's results, the next one runs.
+WINDOWS_IN_FLIGHT = 2
 
 
 def import_ray() -> Any:
@@ -60,7 +62,7 @@ class RayEngine:
     ``$RAY_ADDRESS`` or else a local Ray instance started here and stopped by ``close``).
 
     * ``map_ordered``: Ray Data. The items go to the cluster in windows, each a dataset of
-      blocks of ``BATCHES_PER_BLOCK`` chunks, mapped by Ray tasks over the cluster's CPUs
+      blocks of ``CHUNKS_PER_BLOCK`` chunks, mapped by Ray tasks over the cluster's CPUs
       (``workers``: at most that many tasks at once, default all); two windows run at
       once, so the CPUs do not wait at a window's end, and results come in input order.
     * model calls: ``actors`` Ray actors (default: one per server URL), each with the
@@ -112,24 +114,16 @@ class RayEngine:
     def map_ordered(
         self, fn: Callable[[T], R], items: Iterable[T], *, chunk_size: int = 64
     ) -> Iterator[R]:
-        data = self._data()
-        chunk_size = max(1, chunk_size)
-        per_block = chunk_size * BATCHES_PER_BLOCK
         blocks = max(2, min(BLOCKS_PER_WORKER * self.workers, MAX_BLOCKS_PER_WINDOW))
-        run = partial(
-            _run_window,
-            data,
-            fn,
-            chunk_size=chunk_size,
-            concurrency=self._workers,
-        )
+        run = partial(_run_window, self._data(), fn, concurrency=self._workers)
         pending: deque[Future] = deque()
         # A thread per window in flight: Ray Data runs a dataset to its end from one call.
-        pool = ThreadPoolExecutor(2, thread_name_prefix="humpback-ray-data")
+        pool = ThreadPoolExecutor(WINDOWS_IN_FLIGHT, thread_name_prefix="humpback-ray-data")
         try:
-            for window in chunks(items, per_block * blocks):
+            item_chunks = chunks(items, max(1, chunk_size))
+            for window in chunks(item_chunks, CHUNKS_PER_BLOCK * blocks):
                 pending.append(pool.submit(run, window))
-                if len(pending) >= 2:
+                if len(pending) >= WINDOWS_IN_FLIGHT:
                     yield from _unpack_window(pending.popleft().result())
             while pending:
                 yield from _unpack_window(pending.popleft().result())
@@ -208,18 +202,18 @@ class RayEngine:
 def _run_window(
     data: Any,
     fn: Callable[[Any], Any],
-    window: list[Any],
+    window: list[list[Any]],
     *,
-    chunk_size: int,
     concurrency: int | None,
 ) -> list[tuple[str, Any]]:
-    """One window through Ray Data: the outcome of each chunk, in input order.
+    """One window (a list of chunks) through Ray Data: the outcome of each chunk, in
+    input order.
 
     A row is a whole chunk (a row per item cost Ray Data's conversion per item), held as
     a Python object, which Ray serializes as it does a task's arguments; a block is
-    ``BATCHES_PER_BLOCK`` rows, and a Ray Data task maps one block."""
-    rows = [{"i": i, "chunk": c} for i, c in enumerate(chunks(window, chunk_size))]
-    blocks = math.ceil(len(rows) / BATCHES_PER_BLOCK)
+    ``CHUNKS_PER_BLOCK`` rows, and a Ray Data task maps one block."""
+    rows = [{"i": i, "chunk": chunk} for i, chunk in enumerate(window)]
+    blocks = math.ceil(len(rows) / CHUNKS_PER_BLOCK)
     mapped = data.from_items(rows, override_num_blocks=blocks).map_batches(
         _run_batch,
         fn_kwargs={"fn": fn},
