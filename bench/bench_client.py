@@ -15,9 +15,10 @@ rate. Each side runs ``--repeats`` times, alternating; the best run of each side
 compared (the medians are printed too), since other jobs on a shared machine only ever make
 a run slower.
 
-``--scaling`` adds the table of the README: requests/s for 1, 2 and 4 client processes
-(``--shard I/N`` side by side) and, with Ray installed, 1, 2 and 4 Ray actors
-(``--engine ray``, a local Ray instance started once for the measurement).
+``--scaling`` adds the tables of the README: requests/s for 1, 2 and 4 client processes of
+one stage (``--client-processes``, with the CPU each side costs per request, measured apart),
+for 1, 2 and 4 separate processes (``--shard I/N`` side by side) and, with Ray installed,
+1, 2 and 4 Ray actors (``--engine ray``, a local Ray instance started once for it).
 
     python bench/bench_client.py                          # 10,000 requests, 3 repeats
     python bench/bench_client.py --requests 20000 --scaling --json results.json
@@ -200,10 +201,56 @@ def driver_cost(tmp: Path, url: str) -> float:
     return (time.process_time() - started) / rows * 1e6
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def client_processes_split(kind: str, src: Path, out: Path, url: str, k: int) -> dict[str, float]:
+    """CPU microseconds per request of the driver and of the client processes under
+    ``--client-processes k``, measured apart (this process is the driver): what one
+    driver and each added client process cost where cores are not shared with the server."""
+    from humpback_plugin.core.engine import LocalEngine
+    from humpback_plugin.stages.curate.stage import curate_async
+
+    config = ClientConfig(base_urls=[url], model="stub", concurrency=64)
+    rows = src.read_bytes().count(b"\n")
+    engine = LocalEngine(workers=1, client_processes=k)
+    pids = [proc.pid for proc in engine._clients._procs]
+    try:
+        clients_before = sum(_cpu_seconds(pid) for pid in pids)
+        started = time.process_time()
+        run = augment_async if kind == "augment" else curate_async
+        asyncio.run(run(src, fresh(out), client_config=config, show_progress=False,
+                        engine=engine))  # fmt: skip
+        driver = time.process_time() - started
+        clients = sum(_cpu_seconds(pid) for pid in pids) - clients_before
+    finally:
+        engine.close()
+    return {"driver_us": round(driver / rows * 1e6), "clients_us": round(clients / rows * 1e6)}
+
+
 def scaling(args: argparse.Namespace, tmp: Path, url: str) -> dict[str, Any]:
     n = args.requests
     segments = tmp / "segments.jsonl"
-    table: dict[str, Any] = {"processes": {}, "ray_actors": {}}
+    table: dict[str, Any] = {"processes": {}, "client_processes": {}, "ray_actors": {}}
+    candidates = tmp / "candidates.jsonl"
+    if not candidates.exists():
+        subprocess.run(pipeline_cmd("augment", segments, fresh(candidates), url, args.concurrency,
+                                    "-q"), cwd=ROOT, env=env(), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for kind, src in (("augment", segments), ("curate", candidates)):
+        for k in (1, 2, 4):
+            out = fresh(tmp / f"cp{k}-{kind}.jsonl")
+            whole, _cpu = timed(pipeline_cmd(kind, src, out, url, args.concurrency, "-q",
+                                             "--client-processes", str(k)))  # fmt: skip
+            row: dict[str, Any] = {"whole_process": round(n / whole)}
+            if k > 1:
+                row.update(client_processes_split(kind, src, tmp / f"split-{kind}.jsonl", url, k))
+            table["client_processes"][f"{kind}-{k}"] = row
+            print(f"  {kind}, --client-processes {k}: {n / whole:,.0f} requests/s"
+                  + (f"; CPU per request: driver {row['driver_us']} us, client processes "
+                     f"{row['clients_us']} us" if k > 1 else ""), file=sys.stderr)  # fmt: skip
     for k in (1, 2, 4):
         outs = [fresh(tmp / f"shard{k}-{i}.jsonl") for i in range(k)]
         started = time.perf_counter()

@@ -17,6 +17,7 @@ import pytest
 
 from humpback_plugin.core.client import ClientConfig
 from humpback_plugin.core.config import AugmentConfig, CurateConfig
+from humpback_plugin.core.engine import LocalEngine
 from humpback_plugin.stages.augment.stage import augment
 from humpback_plugin.stages.curate.stage import curate
 
@@ -163,6 +164,27 @@ def test_curate_real_scores_every_pair(mode, tmp_path, client_config):
     cache = summary["prefix_cache"]
     assert cache is not None, "no prefix-cache counters from the real vLLM's /metrics"
     assert cache["queried_tokens"] > 0 and cache["hit_tokens"] > 0
+
+
+def test_curate_real_from_two_client_processes(tmp_path, client_config, vllm_server):
+    """``--client-processes 2``: the judge's requests leave from two forked processes,
+    this one stores and writes; every pair is scored by the real server."""
+    pairs = _pairs(tmp_path)
+    with LocalEngine(workers=1, client_processes=2) as engine:
+        pids = [proc.pid for proc in engine._clients._procs]
+        summary = curate(
+            pairs,
+            tmp_path / "scored.jsonl",
+            client_config=client_config,
+            settings=CurateConfig(mode="logprobs", canaries=False),
+            show_progress=False,
+            engine=engine,
+        )
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    rows = read_jsonl(tmp_path / "scored.jsonl")
+    assert summary["failed"] == 0 and summary["requests"] == len(rows) == 3
+    assert all(r["score"] in (1, 2, 3, 4, 5) for r in rows)
+    assert {r["judge_provenance"]["server_url"] for r in rows} == {vllm_server.base_url.rstrip("/")}
 
 
 def test_curate_real_context_length_error_is_a_failure(tmp_path, client_config):

@@ -172,6 +172,23 @@ def tear_last_line(path: Path) -> None:
     path.write_bytes(data[: start + (len(data) - start) // 2])
 
 
+def assert_no_process_writes(out: Path, within_s: float = 15.0) -> None:
+    """No process (a client process of the killed driver, forked with its command line)
+    is left with ``out`` on its command line, once ``within_s`` has passed."""
+    deadline = time.monotonic() + within_s
+    mark = str(out).encode()
+    while True:
+        alive = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                if mark in (proc / "cmdline").read_bytes():
+                    alive.append(proc.name)
+        if not alive:
+            return
+        assert time.monotonic() < deadline, f"processes left after the driver died: {alive}"
+        time.sleep(0.1)
+
+
 def assert_store_has_each_key_once(path: Path, expected: int) -> None:
     keys = [json.loads(line)["key"] for line in path.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == expected
@@ -187,6 +204,9 @@ def assert_store_has_each_key_once(path: Path, expected: int) -> None:
         # --engine ray: the driver joins the suite's Ray instance as it would a cluster
         ("augment", "requests", "ray"),
         ("curate", "requests", "ray"),
+        # --client-processes 2: the driver dies, its client processes must go with it
+        ("augment", "requests", "processes"),
+        ("curate", "requests", "processes"),
     ],
 )
 def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(
@@ -200,6 +220,8 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(
     if engine == "ray":
         address = request.getfixturevalue("ray_address")
         engine_args = ("--engine", "ray", "--ray-address", address, "--ray-actors", "2")
+    elif engine == "processes":
+        engine_args = ("--client-processes", "2")
     with StubOpenAI(slow(0.03 if engine == "local" else 0.05)) as stub:
         # Inputs and the uninterrupted reference run.
         if command == "augment":
@@ -220,6 +242,8 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(
         )
         args = cli_args(command, src, out, stub, *engine_args)
         assert kill_when(args, lambda: store_lines(store) >= 8, timeout=180)
+        if engine == "processes":
+            assert_no_process_writes(out)
         saved = store_lines(store)
         assert 0 < saved < inputs, "the kill must land mid-stage"
         assert not out.exists() and leftovers(out.parent) == []

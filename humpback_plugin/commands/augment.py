@@ -100,6 +100,7 @@ def augment_command(
     engine: str,
     ray_address: str | None,
     ray_actors: int | None,
+    client_processes: int,
     retry_failed: bool,
     **kwargs: Any,
 ) -> None:
@@ -130,7 +131,9 @@ def augment_command(
     if max_instruction_chars is not None:
         filter_options["too_long"] = {"max_chars": max_instruction_chars}
     settings = AugmentConfig(filters=split_names(filters), filter_options=filter_options, **kwargs)
-    with opened_engine(engine, ray_address, ray_actors) as runner:
+    with opened_engine(
+        engine, ray_address, ray_actors, client_processes=client_processes
+    ) as runner:
         summary = augment(
             segments,
             output,

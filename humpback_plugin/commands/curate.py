@@ -266,6 +266,7 @@ def curate_command(
     engine: str,
     ray_address: str | None,
     ray_actors: int | None,
+    client_processes: int,
     retry_failed: bool,
     **kwargs: Any,
 ) -> None:
@@ -295,7 +296,9 @@ def curate_command(
         probe_kinds=split_names(probe_kinds),
         **kwargs,
     )
-    with opened_engine(engine, ray_address, ray_actors) as runner:
+    with opened_engine(
+        engine, ray_address, ray_actors, client_processes=client_processes
+    ) as runner:
         summary = curate(
             candidates,
             scored_path,

@@ -116,6 +116,7 @@ def generate_command(
     engine: str,
     ray_address: str | None,
     ray_actors: int | None,
+    client_processes: int,
     **kwargs: Any,
 ) -> None:
     """Answer every instruction with MODEL; write AlpacaEval's model_outputs.json.
@@ -134,7 +135,9 @@ def generate_command(
     """
     client = pop_client_config(kwargs)
     settings = EvalGenerateConfig(**kwargs)
-    with opened_engine(engine, ray_address, ray_actors) as runner:
+    with opened_engine(
+        engine, ray_address, ray_actors, client_processes=client_processes
+    ) as runner:
         summary = generate_outputs(
             instructions,
             output,

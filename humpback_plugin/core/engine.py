@@ -20,8 +20,10 @@ local Ray instance; Ray Data for ``map_ordered``).
 Model-calling stages: an engine may also offer ``model_calls(name, client_config, work,
 window=...)``, an async context manager giving a
 :class:`~humpback_plugin.core.remote.RemoteCalls` whose ``submit(item, key)`` does
-``work(client, item, key)`` elsewhere (Ray actors, each with the project's client).
-Engines without it (``local``) run the requests in the stage's own event loop
+``work(client, item, key)`` elsewhere (Ray actors, each with the project's client; with
+``client_processes > 1``, ``local``'s forked client processes,
+:mod:`humpback_plugin.core.client_processes`). Without it (``local``'s default) the
+requests run in the stage's own event loop
 (:func:`humpback_plugin.core.runner.run_model_stage`). In every engine the
 calling process stays the only writer of the record store: workers return records, the
 driver appends them, so a re-run resumes exactly as with the local engine and the final
@@ -38,6 +40,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from humpback_plugin.core.chunks import run_chunk
+from humpback_plugin.core.client_processes import ClientProcesses
 from humpback_plugin.core.errors import UnknownComponent, UsageError
 from humpback_plugin.core.ray_engine import RayEngine
 
@@ -78,10 +81,20 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, max_in_flight: int | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        max_in_flight: int | None = None,
+        client_processes: int = 1,
+    ) -> None:
         self.workers = max(1, workers or available_cores())
         self.max_in_flight = max(1, max_in_flight or 2 * self.workers)
         self._pool: Any = None
+        self._clients: Any = None
+        if client_processes > 1:
+            # Forked now, while this process has no event loop or thread to copy.
+            self._clients = ClientProcesses(client_processes)
+            self.model_calls = self._clients.model_calls
 
     def start(self) -> LocalEngine:
         """Start the worker processes now (before the caller starts threads of its own,
@@ -123,6 +136,9 @@ class LocalEngine:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
+        if self._clients is not None:
+            self._clients.close()
+            self._clients = None
 
     def __enter__(self) -> LocalEngine:
         return self.start()
@@ -139,14 +155,19 @@ def engine_for(
     ray_address: str | None = None,
     ray_actors: int | None = None,
     workers: int | None = None,
+    client_processes: int | None = None,
 ) -> Engine:
     """The engine of the commands' options (``--engine``, ``--ray-address``,
-    ``--ray-actors``, ``--workers``; ``engine``, ``ray_address``, ``ray_actors`` in the run
-    config, ``corpus.workers`` for the corpus stage)."""
+    ``--ray-actors``, ``--workers``, ``--client-processes``; ``engine``, ``ray_address``,
+    ``ray_actors`` in the run config, ``corpus.workers`` for the corpus stage)."""
     if name == "ray":
+        if client_processes and client_processes > 1:
+            raise UsageError("--client-processes is for --engine local; use --ray-actors")
         return make_engine("ray", workers, address=ray_address, actors=ray_actors)
     if ray_address or ray_actors:
         raise UsageError("--ray-address and --ray-actors need --engine ray")
+    if client_processes and client_processes > 1:
+        return make_engine(name, workers, client_processes=client_processes)
     return make_engine(name, workers)
 
 
