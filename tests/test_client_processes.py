@@ -10,22 +10,29 @@ with the engine. The SIGKILL-and-resume test (``test_faults.py``) and a real vLL
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
+from humpback_plugin.cli import cli
 from humpback_plugin.core.client import ClientConfig
 from humpback_plugin.core.config import AugmentConfig, CurateConfig
 from humpback_plugin.core.engine import LocalEngine, engine_for
 from humpback_plugin.core.errors import StageInterrupted, UsageError
-from humpback_plugin.stages.augment.stage import augment
+from humpback_plugin.stages.augment.stage import augment, augment_async
 from humpback_plugin.stages.curate.stage import curate
 from tests.fast_stub import FastStub
 from tests.stub_openai import StubOpenAI
 from tests.test_faults import comparable, slow, write_segments
+from tests.test_pipeline import make_config, stub_handler
 
 
 def _config(url: str, concurrency: int = 16) -> ClientConfig:
@@ -95,3 +102,62 @@ def test_client_processes_are_for_the_local_engine():
     engine = engine_for("local", client_processes=1)
     assert not hasattr(engine, "model_calls"), "one process: requests from the stage's loop"
     engine.close()
+
+
+def test_two_stages_at_once_share_the_client_processes(tmp_path):
+    """The evaluation answers for several models at once through one engine: each stage
+    gets its own worker in every process, and its own results."""
+    a = write_segments(tmp_path / "a.jsonl", 120)
+    b = tmp_path / "b.jsonl"
+    b.write_text("".join(reversed(a.read_text().splitlines(keepends=True))))
+    with FastStub() as stub:
+        config = _config(stub.base_url)
+        for src in (a, b):
+            augment(src, tmp_path / f"ref-{src.stem}.jsonl", client_config=config,
+                    settings=AugmentConfig(), show_progress=False)  # fmt: skip
+        engine = LocalEngine(workers=1, client_processes=2)
+
+        async def both() -> list[dict]:
+            return await asyncio.gather(*(
+                augment_async(src, tmp_path / f"out-{src.stem}.jsonl", client_config=config,
+                              settings=AugmentConfig(), show_progress=False, engine=engine)
+                for src in (a, b)
+            ))  # fmt: skip
+
+        try:
+            summaries = asyncio.run(both())
+            # The processes serve the next stage too, in another event loop.
+            again = augment(a, tmp_path / "again.jsonl", client_config=config,
+                            settings=AugmentConfig(), show_progress=False,
+                            engine=engine)  # fmt: skip
+        finally:
+            engine.close()
+    for src in (a, b):
+        assert comparable(tmp_path / f"out-{src.stem}.jsonl") == comparable(
+            tmp_path / f"ref-{src.stem}.jsonl"
+        )
+    assert [s["accepted"] for s in summaries] == [120, 120] and again["accepted"] == 120
+    assert comparable(tmp_path / "again.jsonl") == comparable(tmp_path / "ref-a.jsonl")
+
+
+def test_humpback_run_with_client_processes_in_the_config_equals_a_plain_run(tmp_path):
+    """``client_processes: 2`` in the run config: augment and both curation stages send
+    from two client processes, and every dataset of the run equals the plain run's."""
+    with StubOpenAI(stub_handler, models=("stub",)) as stub:
+        config_path = make_config(tmp_path, stub.base_url)
+        shutil.copytree(tmp_path / "run", tmp_path / "run-processes")
+        runs = {"plain": tmp_path / "run", "processes": tmp_path / "run-processes"}
+        for name, run_dir in runs.items():
+            config = yaml.safe_load(config_path.read_text())
+            if name == "processes":
+                config["client_processes"] = 2
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            result = CliRunner().invoke(cli, ["run", "-c", str(path), str(run_dir)])
+            assert result.exit_code == 0, result.output
+    manifest = json.loads((runs["processes"] / "manifest.json").read_text())
+    assert manifest["config"]["client_processes"] == 2
+    for dataset in ("augment/candidates.jsonl", "curate_1/scored.jsonl",
+                    "curate_2/scored.jsonl", "m2/data/m2.jsonl"):  # fmt: skip
+        plain, processes = (comparable(runs[n] / dataset) for n in ("plain", "processes"))
+        assert processes == plain and plain, dataset

@@ -21,22 +21,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 import multiprocessing
 import queue
 import signal
 import threading
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, ClientStats
+from humpback_plugin.core.errors import UsageError
 from humpback_plugin.core.remote import ModelWorker, RemoteCalls, Work, worker_configs
 
 
 class ClientProcesses:
-    """``count`` client processes, forked now; ``model_calls`` hands them a stage's work."""
+    """``count`` client processes, forked now; ``model_calls`` hands them a stage's work
+    (several stages at once too, as the evaluation's answers of several models)."""
 
     def __init__(self, count: int) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:  # a fork would copy the running loop into every client process
+            raise UsageError("client processes are started before the event loop, not in it")
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.count = count
@@ -44,6 +54,11 @@ class ClientProcesses:
         self._to: list[Any] = []
         self._from: list[Any] = []
         self._procs: list[Any] = []
+        # Batches out, by id: (stage session, process index, future of its results).
+        self._pending: dict[int, tuple[int, int, asyncio.Future]] = {}
+        self._dead: set[int] = set()
+        self._sessions = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         for i in range(count):
             requests_out, requests_in = context.Pipe(duplex=False)
             results_out, results_in = context.Pipe(duplex=False)
@@ -64,54 +79,72 @@ class ClientProcesses:
             self._from.append(results_out)
             self._procs.append(proc)
 
+    def _readable(self, index: int) -> None:
+        try:
+            _kind, bid, outcomes, stats = self._from[index].recv()
+        except (EOFError, OSError):
+            self._lost(index)
+            return
+        entry = self._pending.pop(bid, None)
+        if entry is not None and not entry[2].done():
+            entry[2].set_result((outcomes, stats))
+
+    def _lost(self, index: int) -> None:
+        """Process ``index`` is gone: its batches end as a server that went away."""
+        self._dead.add(index)
+        if self._loop is not None:
+            self._loop.remove_reader(self._from[index].fileno())
+        for bid, (_sid, owner, fut) in list(self._pending.items()):
+            if owner == index:
+                self._pending.pop(bid, None)
+                if not fut.done():
+                    fut.set_result((None, "a client process died"))
+
+    def _send(self, index: int, message: tuple) -> None:
+        try:
+            self._to[index].send(message)
+        except OSError:
+            self._lost(index)
+
     @contextlib.asynccontextmanager
     async def model_calls(
         self, name: str, client_config: ClientConfig, work: Work, *, window: int
     ) -> AsyncIterator[RemoteCalls]:
-        """A :class:`RemoteCalls` whose batches run in the client processes (the one with
-        the fewest items out gets the next batch)."""
+        """A :class:`RemoteCalls` whose batches run in the client processes (the live one
+        with the fewest of this stage's items out gets the next batch)."""
         loop = asyncio.get_running_loop()
-        pending: dict[int, tuple[int, asyncio.Future]] = {}
+        if self._sessions == 0:
+            self._loop = loop
+            for i in range(self.count):
+                if i not in self._dead:
+                    loop.add_reader(self._from[i].fileno(), self._readable, i)
+        elif loop is not self._loop:
+            raise RuntimeError("client processes serve one event loop at a time")
+        self._sessions += 1
+        sid = next(self._ids)
+        for i, cfg in enumerate(worker_configs(client_config, self.count)):
+            if i not in self._dead:
+                self._send(i, ("start", sid, f"{name}-{i}", cfg, work))
         load = dict.fromkeys(range(self.count), 0)
 
-        def lost(index: int) -> None:
-            """Process ``index`` is gone: its batches end as a server that went away."""
-            loop.remove_reader(self._from[index].fileno())
-            for bid, (owner, fut) in list(pending.items()):
-                if owner == index and not fut.done():
-                    fut.set_result((None, "a client process died"))
-                    pending.pop(bid, None)
-
-        def readable(index: int) -> None:
-            try:
-                _kind, bid, outcomes, stats = self._from[index].recv()
-            except (EOFError, OSError):
-                lost(index)
-                return
-            entry = pending.pop(bid, None)
-            if entry is not None and not entry[1].done():
-                entry[1].set_result((outcomes, stats))
-
-        configs = worker_configs(client_config, self.count)
-        for i, cfg in enumerate(configs):
-            self._to[i].send(("start", f"{name}-{i}", cfg, work))
-            loop.add_reader(self._from[i].fileno(), readable, i)
-
         async def dispatch(batch: list[tuple[Any, str]]) -> tuple[list[tuple], Any]:
-            index = min(load, key=load.__getitem__)
+            live = [i for i in load if i not in self._dead]
+            if not live:
+                return [("unavailable", "every client process died")] * len(batch), (
+                    "lost",
+                    ClientStats(),
+                )
+            index = min(live, key=load.__getitem__)
             bid = next(self._ids)
             fut = loop.create_future()
-            pending[bid] = (index, fut)
+            self._pending[bid] = (sid, index, fut)
             load[index] += len(batch)
             try:
-                try:
-                    self._to[index].send(("batch", bid, batch))
-                except OSError:
-                    lost(index)
+                self._send(index, ("batch", sid, bid, batch))
                 outcomes, stats = await fut
             finally:
                 load[index] -= len(batch)
-                pending.pop(bid, None)
+                self._pending.pop(bid, None)
             if outcomes is None:
                 return [("unavailable", stats)] * len(batch), (f"lost-{index}", ClientStats())
             return outcomes, stats
@@ -123,14 +156,20 @@ class ClientProcesses:
             yield calls
         finally:
             for i in range(self.count):
-                loop.remove_reader(self._from[i].fileno())
-                with contextlib.suppress(OSError):
-                    self._to[i].send(("stop",))
-            # Batches still out after a stop: their results are no longer wanted.
-            for _owner, fut in list(pending.values()):
-                if not fut.done():
-                    fut.set_result((None, "the stage stopped"))
-            pending.clear()
+                if i not in self._dead:
+                    self._send(i, ("stop", sid))
+            # This stage's batches still out after a stop: their results are not wanted.
+            for bid, (owner_sid, _i, fut) in list(self._pending.items()):
+                if owner_sid == sid:
+                    self._pending.pop(bid, None)
+                    if not fut.done():
+                        fut.set_result((None, "the stage stopped"))
+            self._sessions -= 1
+            if self._sessions == 0:
+                for i in range(self.count):
+                    if i not in self._dead:
+                        loop.remove_reader(self._from[i].fileno())
+                self._loop = None
             await calls.drain()
 
     def close(self) -> None:
@@ -162,6 +201,10 @@ def serve(requests: Any, results: Any, inherited: list[Any]) -> None:
                 results.send(message)
             except OSError:  # the driver is gone
                 return
+            except Exception as exc:  # a record that cannot cross: say so, never go quiet
+                _kind, bid, outcomes, stats = message
+                why = f"a client process could not send its results: {type(exc).__name__}: {exc}"
+                results.send(("done", bid, [("error", why, "")] * len(outcomes), stats))
 
     sender = threading.Thread(target=send_results, name="humpback-results", daemon=True)
     sender.start()
@@ -184,31 +227,38 @@ async def _serve(requests: Any, outbox: queue.SimpleQueue) -> None:
             inbox.put_nowait(None)
 
     loop.add_reader(requests.fileno(), readable)
-    worker: ModelWorker | None = None
-    tasks: set[asyncio.Task] = set()
+    # The stages this process serves, by session: their worker and batches running.
+    workers: dict[int, ModelWorker] = {}
+    tasks: dict[int, set[asyncio.Task]] = {}
 
     async def run(bid: int, batch: list[tuple[Any, str]], on: ModelWorker) -> None:
-        outcomes, stats = await on.run(batch)
-        outbox.put(("done", bid, outcomes, stats))
+        try:
+            outcomes, stats = await on.run(batch)
+        except Exception as exc:  # ModelWorker answers per item; this is a bug: report it
+            failed = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            outcomes, stats = [failed] * len(batch), (on.name, ClientStats())
+        # A copy: the client keeps counting while the sender thread pickles this.
+        outbox.put(("done", bid, outcomes, copy.deepcopy(stats)))
 
-    async def stop() -> None:
-        for task in tasks:
+    async def stop(sid: int) -> None:
+        running = tasks.pop(sid, set())
+        for task in running:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        tasks.clear()
+        await asyncio.gather(*running, return_exceptions=True)
+        worker = workers.pop(sid, None)
         if worker is not None and worker.client is not None:
             await worker.client.aclose()
 
     while (message := await inbox.get()) is not None and message[0] != "exit":
-        kind = message[0]
+        kind, sid = message[0], message[1]
         if kind == "start":
-            await stop()
-            worker = ModelWorker(*message[1:])
-        elif kind == "batch" and worker is not None:
-            task = asyncio.ensure_future(run(message[1], message[2], worker))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            workers[sid] = ModelWorker(*message[2:])
+            tasks[sid] = set()
+        elif kind == "batch" and sid in workers:
+            task = asyncio.ensure_future(run(message[2], message[3], workers[sid]))
+            tasks[sid].add(task)
+            task.add_done_callback(tasks[sid].discard)
         elif kind == "stop":
-            await stop()
-            worker = None
-    await stop()
+            await stop(sid)
+    for sid in list(workers):
+        await stop(sid)

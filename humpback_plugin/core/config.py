@@ -405,6 +405,9 @@ class RunConfig(_Strict):
     ray_actors: int | None = Field(
         None, ge=1, description="Ray actors sending requests; None: one per server URL"
     )
+    client_processes: int = Field(
+        1, ge=1, description="engine local: processes of this machine sending requests"
+    )
 
 
 # --- files ---------------------------------------------------------------------------------

@@ -120,7 +120,9 @@ class Pipeline:
         model-calling stage of this run."""
         if self._engine is None:
             c = self.config
-            self._engine = engine_for(c.engine, c.ray_address, c.ray_actors, c.corpus.workers)
+            self._engine = engine_for(
+                c.engine, c.ray_address, c.ray_actors, c.corpus.workers, c.client_processes
+            )
         return self._engine
 
     def _run_stage(self, name: str, wait: bool, forced: bool = False) -> None:
