@@ -15,7 +15,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,17 @@ from humpback_plugin.stages.augment.stage import augment, augment_async
 from humpback_plugin.stages.curate.stage import curate
 from tests.fast_stub import FastStub
 from tests.stub_openai import StubOpenAI
-from tests.test_faults import comparable, slow, write_segments
+from tests.test_faults import (
+    ROOT,
+    _env,
+    assert_no_process_writes,
+    cli_args,
+    comparable,
+    run_cli,
+    slow,
+    store_lines,
+    write_segments,
+)
 from tests.test_pipeline import make_config, stub_handler
 
 
@@ -161,3 +173,29 @@ def test_humpback_run_with_client_processes_in_the_config_equals_a_plain_run(tmp
                     "curate_2/scored.jsonl", "m2/data/m2.jsonl"):  # fmt: skip
         plain, processes = (comparable(runs[n] / dataset) for n in ("plain", "processes"))
         assert processes == plain and plain, dataset
+
+
+def test_ctrl_c_ends_the_client_processes_quietly_and_the_run_resumes(tmp_path):
+    """SIGINT to the terminal's process group (Ctrl-C): the client processes ignore it,
+    the driver stops as one process does ("Aborted!", no asyncio noise) and ends them."""
+    segments = write_segments(tmp_path / "segments.jsonl", 40)
+    out = tmp_path / "out.jsonl"
+    with StubOpenAI(slow(0.2)) as stub:
+        args = cli_args("augment", segments, out, stub, "--client-processes", "2")
+        proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # fmt: skip
+        store = Path(f"{out}.parts/generations.jsonl")
+        deadline = time.monotonic() + 60
+        while store_lines(store) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and "Aborted!" in stderr
+        assert "Traceback" not in stderr and "never retrieved" not in stderr, stderr[-2000:]
+        assert_no_process_writes(out)
+        done = store_lines(store)
+        assert 0 < done < 40 and not out.exists()
+        rerun = run_cli(args)
+    assert "done before (resumed)" in rerun.stderr
+    assert len(comparable(out)) == 40

@@ -158,12 +158,12 @@ class ClientProcesses:
             for i in range(self.count):
                 if i not in self._dead:
                     self._send(i, ("stop", sid))
-            # This stage's batches still out after a stop: their results are not wanted.
+            # This stage's batches still out after a stop (Ctrl-C, a server gone): their
+            # results are not wanted, and the items waiting on them are being cancelled.
             for bid, (owner_sid, _i, fut) in list(self._pending.items()):
                 if owner_sid == sid:
                     self._pending.pop(bid, None)
-                    if not fut.done():
-                        fut.set_result((None, "the stage stopped"))
+                    fut.cancel()
             self._sessions -= 1
             if self._sessions == 0:
                 for i in range(self.count):
