@@ -175,13 +175,19 @@ def test_humpback_run_with_client_processes_in_the_config_equals_a_plain_run(tmp
         assert processes == plain and plain, dataset
 
 
-def test_ctrl_c_ends_the_client_processes_quietly_and_the_run_resumes(tmp_path):
+@pytest.mark.parametrize("engine", ["processes", "ray"])
+def test_ctrl_c_ends_the_client_processes_quietly_and_the_run_resumes(tmp_path, request, engine):
     """SIGINT to the terminal's process group (Ctrl-C): the client processes ignore it,
-    the driver stops as one process does ("Aborted!", no asyncio noise) and ends them."""
+    the driver stops as one process does ("Aborted!", no asyncio noise) and ends them.
+    The same for Ray actors (the driver joins the suite's Ray instance)."""
     segments = write_segments(tmp_path / "segments.jsonl", 40)
     out = tmp_path / "out.jsonl"
+    engine_args = ["--client-processes", "2"]
+    if engine == "ray":
+        address = request.getfixturevalue("ray_address")
+        engine_args = ["--engine", "ray", "--ray-address", address, "--ray-actors", "2"]
     with StubOpenAI(slow(0.2)) as stub:
-        args = cli_args("augment", segments, out, stub, "--client-processes", "2")
+        args = cli_args("augment", segments, out, stub, *engine_args)
         proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)  # fmt: skip

@@ -155,15 +155,17 @@ class ClientProcesses:
         try:
             yield calls
         finally:
+            calls.close()
             for i in range(self.count):
                 if i not in self._dead:
                     self._send(i, ("stop", sid))
             # This stage's batches still out after a stop (Ctrl-C, a server gone): their
-            # results are not wanted, and the items waiting on them are being cancelled.
+            # results are not wanted (closed calls cancel the items waiting on them).
             for bid, (owner_sid, _i, fut) in list(self._pending.items()):
                 if owner_sid == sid:
                     self._pending.pop(bid, None)
-                    fut.cancel()
+                    if not fut.done():
+                        fut.set_result((None, "the stage stopped"))
             self._sessions -= 1
             if self._sessions == 0:
                 for i in range(self.count):

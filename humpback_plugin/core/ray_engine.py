@@ -182,6 +182,7 @@ class RayEngine:
         finally:
             # Actors first: a batch still out after a stop would otherwise be waited for
             # (up to its retry deadline); its results are no longer wanted.
+            calls.close()
             for actor in actors:
                 ray.kill(actor)
             await calls.drain()

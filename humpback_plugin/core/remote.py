@@ -41,6 +41,7 @@ class RemoteCalls:
     _buffer: list[tuple[Any, str, asyncio.Future]] = field(default_factory=list)
     _scheduled: bool = False
     _in_flight: set[asyncio.Task] = field(default_factory=set)
+    _closed: bool = False
 
     async def submit(self, item: Any, key: str) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -72,7 +73,9 @@ class RemoteCalls:
         except Exception as exc:  # e.g. the worker cannot import this package: show why
             outcomes = [("error", f"{type(exc).__name__}: {exc}", "")] * len(live)
         for (_item, _key, fut), outcome in zip(live, outcomes, strict=True):
-            if not fut.done():
+            if self._closed:
+                fut.cancel()
+            elif not fut.done():
                 fut.set_result(outcome)
 
     def client_stats(self) -> ClientStats:
@@ -86,6 +89,15 @@ class RemoteCalls:
             for url, count in stats.per_url.items():
                 total.per_url[url] = total.per_url.get(url, 0) + count
         return total
+
+    def close(self) -> None:
+        """The stage is stopping (Ctrl-C, a server gone): items still waiting are cancelled,
+        not answered, since the tasks waiting on them are being cancelled and an answer (a
+        "worker gone" error, say) would be an exception nobody reads."""
+        self._closed = True
+        for _item, _key, fut in self._buffer:
+            fut.cancel()
+        self._buffer = []
 
     async def drain(self) -> None:
         """Wait for batches still out (results of cancelled items are dropped)."""
