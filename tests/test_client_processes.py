@@ -175,6 +175,12 @@ def test_humpback_run_with_client_processes_in_the_config_equals_a_plain_run(tmp
         assert processes == plain and plain, dataset
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A suite run as a background job (`make test &`) inherits SIGINT ignored, and so would
+    # the command under test; at a terminal Ctrl-C is acted on.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("engine", ["processes", "ray"])
 def test_ctrl_c_ends_the_client_processes_quietly_and_the_run_resumes(tmp_path, request, engine):
     """SIGINT to the terminal's process group (Ctrl-C): the client processes ignore it,
@@ -189,8 +195,8 @@ def test_ctrl_c_ends_the_client_processes_quietly_and_the_run_resumes(tmp_path, 
     with StubOpenAI(slow(0.2)) as stub:
         args = cli_args("augment", segments, out, stub, *engine_args)
         proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # fmt: skip
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=_sigint_as_in_a_terminal)  # fmt: skip
         store = Path(f"{out}.parts/generations.jsonl")
         deadline = time.monotonic() + 60
         while store_lines(store) < 4 and time.monotonic() < deadline:
