@@ -72,6 +72,10 @@ def write_segments(path: Path, count: int) -> Path:
 
 def env() -> dict[str, str]:
     out = dict(os.environ, PYTHONPATH=str(ROOT), HUMPBACK_LOAD_PLUGINS="")
+    # As on a user's machine, imports come from cached bytecode (the untimed first run
+    # writes it): with PYTHONDONTWRITEBYTECODE set, every timed run would compile aiohttp,
+    # pydantic, rich and the project from source again.
+    out.pop("PYTHONDONTWRITEBYTECODE", None)
     # Render the progress bar as on a terminal (into a pipe that is thrown away): its cost
     # is part of what a user's run pays.
     out.update(TTY_INTERACTIVE="1", FORCE_COLOR="1", COLUMNS="120")
