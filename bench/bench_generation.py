@@ -179,7 +179,9 @@ async def run(args: argparse.Namespace, base_url: str, model: str) -> list[dict[
             src,
             tmp / f"scored-{mode}.jsonl",
             client_config=ClientConfig(base_urls=[base_url], model=model, concurrency=c),
-            settings=CurateConfig(mode=mode, max_tokens=args.paper_max_tokens),
+            # Without the canaries (at least 35 labelled probes, 3% of a large run): they are
+            # more judge work, not bookkeeping, and would make the two sides' requests differ.
+            settings=CurateConfig(mode=mode, max_tokens=args.paper_max_tokens, canaries=False),
             preflight=False,
             show_progress=False,
         )
