@@ -257,6 +257,7 @@ def scaling(args: argparse.Namespace, tmp: Path, url: str) -> dict[str, Any]:
                      f"{row['clients_us']} us" if k > 1 else ""), file=sys.stderr)  # fmt: skip
     for k in (1, 2, 4):
         outs = [fresh(tmp / f"shard{k}-{i}.jsonl") for i in range(k)]
+        logs = [out.with_suffix(".log").open("w") for out in outs]  # each shard's summary
         started = time.perf_counter()
         procs = [
             subprocess.Popen(
@@ -266,14 +267,20 @@ def scaling(args: argparse.Namespace, tmp: Path, url: str) -> dict[str, Any]:
                 cwd=ROOT,
                 env=env(),
                 stdout=subprocess.DEVNULL,
+                stderr=log,
             )  # fmt: skip
-            for i, out in enumerate(outs)
+            for i, (out, log) in enumerate(zip(outs, logs, strict=True))
         ]
-        if any(p.wait() != 0 for p in procs):
-            raise SystemExit(f"a shard of {k} failed")
+        codes = [p.wait() for p in procs]
         rate = n / (time.perf_counter() - started)
+        for log in logs:
+            log.close()
+        for code, out in zip(codes, outs, strict=True):
+            if code != 0:
+                tail = out.with_suffix(".log").read_text()[-3000:]
+                raise SystemExit(f"a shard of {k} failed ({out.name}):\n{tail}")
         table["processes"][k] = round(rate)
-        print(f"  {k} client process(es): {rate:,.0f} requests/s", file=sys.stderr)
+        print(f"  {k} shard process(es) side by side: {rate:,.0f} requests/s", file=sys.stderr)
     try:
         import ray  # noqa: F401
     except ImportError:
