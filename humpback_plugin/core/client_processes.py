@@ -28,7 +28,7 @@ import queue
 import signal
 import threading
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from humpback_plugin.core.client import ClientConfig, ClientStats
@@ -94,11 +94,15 @@ class ClientProcesses:
         self._dead.add(index)
         if self._loop is not None:
             self._loop.remove_reader(self._from[index].fileno())
-        for bid, (_sid, owner, fut) in list(self._pending.items()):
-            if owner == index:
+        self._abandon(lambda _sid, owner: owner == index, "a client process died")
+
+    def _abandon(self, match: Callable[[int, int], bool], why: str) -> None:
+        """End the batches out that ``match(session, process index)`` picks, unanswered."""
+        for bid, (sid, owner, fut) in list(self._pending.items()):
+            if match(sid, owner):
                 self._pending.pop(bid, None)
                 if not fut.done():
-                    fut.set_result((None, "a client process died"))
+                    fut.set_result((None, why))
 
     def _send(self, index: int, message: tuple) -> None:
         try:
@@ -161,11 +165,7 @@ class ClientProcesses:
                     self._send(i, ("stop", sid))
             # This stage's batches still out after a stop (Ctrl-C, a server gone): their
             # results are not wanted (closed calls cancel the items waiting on them).
-            for bid, (owner_sid, _i, fut) in list(self._pending.items()):
-                if owner_sid == sid:
-                    self._pending.pop(bid, None)
-                    if not fut.done():
-                        fut.set_result((None, "the stage stopped"))
+            self._abandon(lambda owner_sid, _owner: owner_sid == sid, "the stage stopped")
             self._sessions -= 1
             if self._sessions == 0:
                 for i in range(self.count):
