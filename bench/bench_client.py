@@ -120,6 +120,14 @@ def fresh(out: Path) -> Path:
     return out
 
 
+def write_candidates(segments: Path, candidates: Path, url: str, concurrency: int) -> Path:
+    """Untimed: the candidates curate reads (an augment run; it also warms the caches)."""
+    subprocess.run(pipeline_cmd("augment", segments, fresh(candidates), url, concurrency, "-q"),
+                   cwd=ROOT, env=env(), check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)  # fmt: skip
+    return candidates
+
+
 def stage_seconds(out: Path) -> float:
     return json.loads(Path(f"{out}.parts/summary.json").read_text())["elapsed_s"]
 
@@ -127,11 +135,8 @@ def stage_seconds(out: Path) -> float:
 def compare(args: argparse.Namespace, tmp: Path, url: str) -> dict[str, Any]:
     n = args.requests
     segments = write_segments(tmp / "segments.jsonl", n)
-    candidates = tmp / "candidates.jsonl"
-    # Untimed: the candidates curate reads, and warm caches for both sides.
-    subprocess.run(pipeline_cmd("augment", segments, fresh(candidates), url, args.concurrency,
-                                "-q"), cwd=ROOT, env=env(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    # Warms the caches for both sides too.
+    candidates = write_candidates(segments, tmp / "candidates.jsonl", url, args.concurrency)
     results: dict[str, Any] = {}
     for kind, src in (("augment", segments), ("curate", candidates)):
         rows = src.read_bytes().count(b"\n")
@@ -240,9 +245,7 @@ def scaling(args: argparse.Namespace, tmp: Path, url: str) -> dict[str, Any]:
     table: dict[str, Any] = {"processes": {}, "client_processes": {}, "ray_actors": {}}
     candidates = tmp / "candidates.jsonl"
     if not candidates.exists():
-        subprocess.run(pipeline_cmd("augment", segments, fresh(candidates), url, args.concurrency,
-                                    "-q"), cwd=ROOT, env=env(), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        write_candidates(segments, candidates, url, args.concurrency)
     for kind, src in (("augment", segments), ("curate", candidates)):
         for k in (1, 2, 4):
             out = fresh(tmp / f"cp{k}-{kind}.jsonl")
