@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -21,10 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from click.testing import CliRunner
 
-from humpback_plugin.cli import cli
 from humpback_plugin.core.client import ClientConfig
 from humpback_plugin.core.config import AugmentConfig, CurateConfig
 from humpback_plugin.core.engine import LocalEngine, engine_for
@@ -44,7 +40,7 @@ from tests.test_faults import (
     store_lines,
     write_segments,
 )
-from tests.test_pipeline import make_config, stub_handler
+from tests.test_pipeline import run_beside_a_plain_run, stub_handler
 
 
 def _config(url: str, concurrency: int = 16) -> ClientConfig:
@@ -156,17 +152,7 @@ def test_humpback_run_with_client_processes_in_the_config_equals_a_plain_run(tmp
     """``client_processes: 2`` in the run config: augment and both curation stages send
     from two client processes, and every dataset of the run equals the plain run's."""
     with StubOpenAI(stub_handler, models=("stub",)) as stub:
-        config_path = make_config(tmp_path, stub.base_url)
-        shutil.copytree(tmp_path / "run", tmp_path / "run-processes")
-        runs = {"plain": tmp_path / "run", "processes": tmp_path / "run-processes"}
-        for name, run_dir in runs.items():
-            config = yaml.safe_load(config_path.read_text())
-            if name == "processes":
-                config["client_processes"] = 2
-            path = tmp_path / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(config))
-            result = CliRunner().invoke(cli, ["run", "-c", str(path), str(run_dir)])
-            assert result.exit_code == 0, result.output
+        runs = run_beside_a_plain_run(tmp_path, stub.base_url, "processes", client_processes=2)
     manifest = json.loads((runs["processes"] / "manifest.json").read_text())
     assert manifest["config"]["client_processes"] == 2
     for dataset in ("augment/candidates.jsonl", "curate_1/scored.jsonl",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,25 @@ def make_config(tmp: Path, base_url: str, *, trained: bool = True) -> Path:
             out.mkdir(parents=True)
             (out / FINISHED_MARKERS[0]).write_bytes(b"trained elsewhere")
     return path
+
+
+def run_beside_a_plain_run(tmp: Path, base_url: str, name: str, **overrides: object) -> dict:
+    """``humpback run`` of make_config's run as is (``tmp/run``) and with ``overrides`` in
+    its config (``tmp/run-<name>``); the run directories by name ("plain", ``name``). One
+    set of inputs (their paths are in the records), each run directory with the "trained"
+    model markers make_config leaves in ``tmp/run``."""
+    config_path = make_config(tmp, base_url)
+    shutil.copytree(tmp / "run", tmp / f"run-{name}")
+    runs = {"plain": tmp / "run", name: tmp / f"run-{name}"}
+    for run_name, run_dir in runs.items():
+        config = yaml.safe_load(config_path.read_text())
+        if run_name == name:
+            config.update(overrides)
+        path = tmp / f"{run_name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = CliRunner().invoke(cli, ["run", "-c", str(path), str(run_dir)])
+        assert result.exit_code == 0, result.output
+    return runs
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from humpback_plugin.cli import cli
@@ -50,7 +49,7 @@ from tests.test_faults import (
     read_jsonl,
     write_segments,
 )
-from tests.test_pipeline import make_config, stub_handler
+from tests.test_pipeline import run_beside_a_plain_run, stub_handler
 from tests.test_workers import fail_oddly, raise_input_error
 
 
@@ -277,19 +276,8 @@ def test_humpback_run_with_engine_ray_in_the_config_equals_a_local_run(tmp_path,
     """``engine: ray`` in the run config: augment and both curation stages run from Ray
     actors, and every dataset of the run equals the local engine's."""
     with StubOpenAI(stub_handler, models=("stub",)) as stub:
-        # One set of inputs (their paths are in the records), two run directories, each
-        # with the "trained" model markers make_config leaves in tmp_path/run.
-        config_path = make_config(tmp_path, stub.base_url)
-        shutil.copytree(tmp_path / "run", tmp_path / "run-ray")
-        runs = {"local": tmp_path / "run", "ray": tmp_path / "run-ray"}
-        for engine_name, run_dir in runs.items():
-            config = yaml.safe_load(config_path.read_text())
-            if engine_name == "ray":
-                config.update(engine="ray", ray_address=ray_address, ray_actors=2)
-            path = tmp_path / f"{engine_name}.yaml"
-            path.write_text(yaml.safe_dump(config))
-            result = CliRunner().invoke(cli, ["run", "-c", str(path), str(run_dir)])
-            assert result.exit_code == 0, result.output
+        runs = run_beside_a_plain_run(tmp_path, stub.base_url, "ray", engine="ray",
+                                      ray_address=ray_address, ray_actors=2)  # fmt: skip
     manifest = json.loads((runs["ray"] / "manifest.json").read_text())
     assert manifest["config"]["engine"] == "ray"
     # The segments stage ran on Ray Data too (``engine: ray`` is the run's engine).
@@ -298,7 +286,7 @@ def test_humpback_run_with_engine_ray_in_the_config_equals_a_local_run(tmp_path,
     for dataset in ("segments/segments.jsonl", "segments/rejected.jsonl",
                     "augment/candidates.jsonl", "curate_1/scored.jsonl", "curate_2/scored.jsonl",
                     "m2/data/m2.jsonl"):  # fmt: skip
-        local, ray_rows = (no_times(runs[e] / dataset) for e in ("local", "ray"))
+        local, ray_rows = (no_times(runs[e] / dataset) for e in ("plain", "ray"))
         assert ray_rows == local and local, dataset
 
 
