@@ -219,7 +219,7 @@ engine_options = options(
         default=1,
         show_default=True,
         help="With --engine local: processes of this machine sending requests, sharing "
-        "--concurrency per URL. One process tops out at 2,000-3,000 requests/s (bench/"
+        "--concurrency per URL. One process tops out at 2,500-4,000 requests/s (bench/"
         "bench_client.py); more help when a fast GPU server waits on the client.",
     ),
 )

@@ -1,6 +1,6 @@
 """``--client-processes N``: a model-calling stage's requests from N processes of this machine.
 
-One Python process sends at most about 2,000-3,000 requests a second through a stage
+One Python process sends at most about 2,500-4,000 requests a second through a stage
 (``bench/bench_client.py``: aiohttp, JSON and the stage's own work share one core), which a
 GPU node serving prefill-bound judge requests can exceed. With ``N > 1`` the local engine
 forks N client processes when it is made (before the stage's event loop, progress bar or
