@@ -9,6 +9,7 @@ opening the store cuts it off, so nothing is read twice or half.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 
 from humpback_plugin.core import fastjson
 from humpback_plugin.core.jsonl_io import write_jsonl_atomic
+
+# Stands in for the mapping of an empty file (mmap refuses length 0).
+_NO_MAP = contextlib.nullcontext(b"")
 
 
 class RecordStore:
@@ -141,12 +145,20 @@ class RecordStore:
         if not self.path.exists():
             return
         with open(self.path, "rb") as fh:
-            for key in keys:
-                offset = self._offsets.get(key)
-                if offset is None:
-                    continue
-                fh.seek(offset)
-                yield fastjson.loads(fh.readline())
+            size = os.fstat(fh.fileno()).st_size
+            # Mapped, a record is a slice up to its newline: a seek and a buffered readline
+            # for each of half a million records refilled an 8 KiB buffer every time.
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else _NO_MAP as mm:
+                for key in keys:
+                    offset = self._offsets.get(key)
+                    if offset is None:
+                        continue
+                    end = mm.find(b"\n", offset) if offset < size else -1
+                    if end < 0:  # appended after the mapping was made
+                        fh.seek(offset)
+                        yield fastjson.loads(fh.readline())
+                    else:
+                        yield fastjson.loads(mm[offset : end + 1])
 
     def close(self) -> None:
         if self._fh is not None:

@@ -324,12 +324,10 @@ def _write_outputs(
     ranks = [v for r in picked if (v := _rank(r)) is not None]
     n_selected = 0
     if selected_path is not None:
+        # In input order, as ``light`` is: only the chosen records are read back.
+        wanted = (r["key"] for r in light if r["key"] in chosen)
         n_selected = finalize(
-            (
-                {k: v for k, v in r.items() if k != "key"}
-                for r in store.ordered(keys())
-                if r["key"] in chosen
-            ),
+            ({k: v for k, v in r.items() if k != "key"} for r in store.ordered(wanted)),
             selected_path,
         )
     else:
