@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from humpback_plugin.core.errors import InputError
 from humpback_plugin.core.hashing import text_sha256
@@ -88,7 +86,12 @@ def _raise(message: str) -> None:
     raise ValueError(message)
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
+def _environment() -> Any:
+    # Imported here: every command imports this module, few render a template (jinja2 was
+    # a tenth of a model stage's start-up).
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
     )
