@@ -17,7 +17,7 @@ from humpback_plugin.core.config import CurateConfig
 from humpback_plugin.core.errors import InputError
 from humpback_plugin.core.prompts import load_prompt
 from humpback_plugin.hookspecs import hookimpl
-from humpback_plugin.plugins import pm
+from humpback_plugin.plugins import pick, pm
 from humpback_plugin.stages.curate.stage import curate
 from tests.conftest import shared_file
 from tests.stub_openai import StubOpenAI, chat_logprobs, error, reply
@@ -384,3 +384,74 @@ def test_cli_curate_rejects_two_selections(tmp_path):
          "--model", "m", "--threshold", "4", "--target-yield", "0.1"],
     )  # fmt: skip
     assert result.exit_code == 2 and "one of --threshold" in result.output
+
+
+@pytest.mark.parametrize(
+    "mode, judge", [("paper", paper_judge), ("constrained", constrained_judge),
+                    ("logprobs", constrained_judge)],
+)  # fmt: skip
+def test_builtin_scorers_records_equal_the_checked_ones(tmp_path, mode, judge):
+    """A built-in scorer's result skips the pydantic check a plugin scorer's gets (it was a
+    twentieth of curation's CPU): the records must be what the check would have made."""
+    builtin = pick("register_scorers", mode)
+
+    class Checked:
+        @hookimpl
+        def register_scorers(self, register):
+            async def checked(client, candidate, context):
+                return await builtin(client, candidate, context)
+
+            register(f"checked-{mode}", checked)
+
+    def records(name: str) -> list[dict]:
+        out = tmp_path / f"{name}.jsonl"
+        curate(
+            write_candidates(tmp_path / "c.jsonl"), out, client_config=config(stub),
+            settings=CurateConfig(canaries=False, mode=name), show_progress=False,
+        )  # fmt: skip
+        rows = read_jsonl(out)
+        for row in rows:
+            row.pop("scoring_mode")
+            for field in ("started_at", "finished_at"):
+                row["judge_provenance"].pop(field)
+        return rows
+
+    with StubOpenAI(judge) as stub:
+        plain = records(mode)
+        pm.register(Checked(), name="test-checked-scorer")
+        try:
+            checked = records(f"checked-{mode}")
+        finally:
+            pm.unregister(name="test-checked-scorer")
+    assert plain == checked
+    assert [list(row) for row in plain] == [list(row) for row in checked]  # the same key order
+
+
+def test_plugin_request_and_parse_hooks_are_answered_before_the_builtins(tmp_path):
+    """The built-ins are called directly only while no plugin implements the hooks."""
+
+    class TerseJudge:
+        @hookimpl
+        def curation_request(self, instruction, output, template):
+            return {"messages": [{"role": "user", "content": f"TERSE {instruction}"}]}
+
+        @hookimpl
+        def parse_curation_score(self, text):
+            return 1 if text.startswith("Grade") else None
+
+    def judge(req):
+        content = req.body["messages"][0]["content"] if req.is_chat else ""
+        return reply("Grade A" if content.startswith("TERSE ") else "Reasoning.\nScore: 4")
+
+    cands = write_candidates(tmp_path / "c.jsonl", PAIRS[:2])
+    with StubOpenAI(judge) as stub:
+        pm.register(TerseJudge(), name="test-terse-judge")
+        try:
+            curate(cands, tmp_path / "s.jsonl", client_config=config(stub),
+                   settings=NO_CANARIES, show_progress=False)  # fmt: skip
+        finally:
+            pm.unregister(name="test-terse-judge")
+        curate(cands, tmp_path / "plain.jsonl", client_config=config(stub),
+               settings=NO_CANARIES, show_progress=False)  # fmt: skip
+    assert [r["score"] for r in read_jsonl(tmp_path / "s.jsonl")] == [1, 1]
+    assert [r["score"] for r in read_jsonl(tmp_path / "plain.jsonl")] == [4, 4]

@@ -46,7 +46,7 @@ class PromptTemplate:
 
 def fill_template(text: str, **values: str) -> str:
     """Replace ``{name}`` placeholders; a value containing ``{output}`` is never re-filled."""
-    positions = sorted((text.find("{" + k + "}"), k) for k in values if "{" + k + "}" in text)
+    positions = _placeholders(text, tuple(values))
     out, cursor = [], 0
     for pos, key in positions:
         out.append(text[cursor:pos])
@@ -54,6 +54,12 @@ def fill_template(text: str, **values: str) -> str:
         cursor = pos + len(key) + 2
     out.append(text[cursor:])
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=64)  # a stage fills one template for every request
+def _placeholders(text: str, names: tuple[str, ...]) -> list[tuple[int, str]]:
+    """Where each ``{name}`` first occurs in ``text``, in text order."""
+    return sorted((text.find("{" + k + "}"), k) for k in names if "{" + k + "}" in text)
 
 
 def builtin_templates() -> dict[str, Path]:

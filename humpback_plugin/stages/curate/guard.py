@@ -52,7 +52,6 @@ _BARE_PARTS = {
 # A star glyph, or one of the four non-ASCII letters IGNORECASE folds to ASCII ones: the
 # cheap tests below do not apply, every pattern is searched.
 _ALWAYS = re.compile("[\u0130\u0131\u017f\u212a★☆✩✪✫✬✭✮✯⭐]")
-_KEYWORDS = ("score", "rating", "rated", "grade", "verdict")
 
 
 def _patterns(text: str) -> tuple[re.Pattern | None, re.Pattern | None]:
@@ -60,10 +59,14 @@ def _patterns(text: str) -> tuple[re.Pattern | None, re.Pattern | None]:
     cannot match without (C speed, on the lowercased text): _KEYWORD needs a keyword; an
     "out of" claim a 5 or 10 with "/" or "out" and "of"; stars "star". Where only one part
     of _BARE may match, that part alone is searched (same matches, no alternation)."""
-    if _ALWAYS.search(text):
+    # Every character _ALWAYS looks for is non-ASCII: most web text skips the search.
+    if not text.isascii() and _ALWAYS.search(text):
         return _KEYWORD, _BARE
     low = text.lower()
-    keyword = _KEYWORD if any(k in low for k in _KEYWORDS) else None
+    may_keyword = (
+        "score" in low or "rating" in low or "rated" in low or "grade" in low or "verdict" in low
+    )
+    keyword = _KEYWORD if may_keyword else None
     may = {
         "out_of": ("5" in low or "10" in low) and ("/" in low or ("out" in low and "of" in low)),
         "stars": "star" in low,
