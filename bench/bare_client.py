@@ -5,6 +5,8 @@ way, the same sampling fields), at a fixed concurrency over one aiohttp session,
 the pairs it gets back as JSONL at the end. No store, no retries, no validation, no hooks,
 no progress bar: what any OpenAI-compatible client has to do at the least. It imports only
 the standard library and aiohttp, so its start-up is as short as a Python process allows.
+It runs on the event loop the pipeline runs on (uvloop where installed, unless
+``HUMPBACK_EVENT_LOOP=asyncio``), so the comparison is of the same HTTP stack and loop.
 
     python bench/bare_client.py augment segments.jsonl out.jsonl --base-url URL --model M
     python bench/bare_client.py curate candidates.jsonl out.jsonl --base-url URL --model M
@@ -15,11 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
+
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
 
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 
@@ -76,8 +84,10 @@ def main() -> None:
     with open(args.input, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     started = time.perf_counter()
-    answers = asyncio.run(send_all(args.base_url.rstrip("/"), bodies(args.kind, rows, args.model),
-                                   args.concurrency))  # fmt: skip
+    use_uvloop = uvloop and os.environ.get("HUMPBACK_EVENT_LOOP", "").lower() != "asyncio"
+    run = uvloop.run if use_uvloop else asyncio.run
+    answers = run(send_all(args.base_url.rstrip("/"), bodies(args.kind, rows, args.model),
+                           args.concurrency))  # fmt: skip
     with open(args.output, "w", encoding="utf-8") as out:
         for row, answer in zip(rows, answers, strict=True):
             if args.kind == "augment":

@@ -31,6 +31,7 @@ import traceback
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from humpback_plugin.core import event_loop
 from humpback_plugin.core.client import ClientConfig, ClientStats
 from humpback_plugin.core.errors import UsageError
 from humpback_plugin.core.remote import ModelWorker, RemoteCalls, Work, worker_configs
@@ -211,7 +212,7 @@ def serve(requests: Any, results: Any, inherited: list[Any]) -> None:
     sender = threading.Thread(target=send_results, name="humpback-results", daemon=True)
     sender.start()
     try:
-        asyncio.run(_serve(requests, outbox))
+        event_loop.run(_serve(requests, outbox))
     finally:
         outbox.put(None)
         sender.join(timeout=5)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from humpback_plugin.core import event_loop
 from humpback_plugin.core.client import ClientConfig
 from humpback_plugin.core.config import RunConfig
 from humpback_plugin.core.console import Say
@@ -144,7 +145,7 @@ def _gather(jobs: list[Callable[[], Any]]) -> list[Any]:
     async def run_all() -> list[Any]:
         return await asyncio.gather(*(job() for job in jobs))
 
-    return asyncio.run(run_all())
+    return event_loop.run(run_all())
 
 
 def step_generate(run: RunContext) -> None:

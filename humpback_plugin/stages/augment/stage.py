@@ -28,7 +28,6 @@ file is written, so changing them needs no new generations.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections import Counter
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from humpback_plugin.core import event_loop
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import AugmentConfig
 from humpback_plugin.core.engine import Engine
@@ -128,7 +128,7 @@ def augment(
 
     ``options`` are those of :func:`augment_async`, which this runs in a fresh event loop.
     """
-    return asyncio.run(augment_async(segments_path, output_path, **options))
+    return event_loop.run(augment_async(segments_path, output_path, **options))
 
 
 async def augment_async(

@@ -12,13 +12,13 @@ calibrated selector would choose. Written to ``OUT/judge_eval.json``.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from humpback_plugin.core import event_loop
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import CurateConfig, JudgeEvalConfig
 from humpback_plugin.core.hashing import content_hash
@@ -54,7 +54,7 @@ def evaluate_judge(
 
     ``options`` are those of :func:`evaluate_judge_async`, run in a fresh event loop.
     """
-    return asyncio.run(evaluate_judge_async(probes_path, out_dir, **options))
+    return event_loop.run(evaluate_judge_async(probes_path, out_dir, **options))
 
 
 def _tokens_per_pair(records: list[dict[str, Any]]) -> float | None:

@@ -55,6 +55,7 @@ _BARE = re.compile(
     r"^\s*(\d+(?:\.\d+)?)\s*(?:(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?\s*\.?\s*$", re.IGNORECASE
 )
 _MARKUP_CHARS = "*_`#>|~"
+_WORD_CHAR = re.compile(r"[A-Za-z0-9]")
 _MARKUP = re.compile(f"[{re.escape(_MARKUP_CHARS)}]")
 
 
@@ -71,7 +72,7 @@ def _as_score(number: str, scale: str | None = None) -> int | None:
 def last_line(text: str) -> str:
     """The judge's last line with content (lines of only markup such as ``---`` skipped)."""
     for line in reversed(text.strip().splitlines()):
-        if re.search(r"[A-Za-z0-9]", line):
+        if _WORD_CHAR.search(line):
             return line.strip()
     return ""
 

@@ -25,7 +25,6 @@ the summary (``judge_quality``). The ``calibrated`` selector takes its cut from 
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from humpback_plugin.core import event_loop
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import CurateConfig
 from humpback_plugin.core.engine import Engine
@@ -126,7 +126,7 @@ def curate(
 
     ``options`` are those of :func:`curate_async`, which this runs in a fresh event loop.
     """
-    return asyncio.run(curate_async(candidates_path, scored_path, **options))
+    return event_loop.run(curate_async(candidates_path, scored_path, **options))
 
 
 async def curate_async(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from humpback_plugin.core import event_loop
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import EvalCompareConfig
 from humpback_plugin.core.errors import InputError
@@ -151,7 +152,7 @@ def compare_outputs(
     **options: Any,
 ) -> dict[str, Any]:
     """Judge every pair; returns the summary. Options: :func:`compare_async`."""
-    return asyncio.run(compare_async(model_path, baseline_path, output_dir, **options))
+    return event_loop.run(compare_async(model_path, baseline_path, output_dir, **options))
 
 
 async def compare_async(

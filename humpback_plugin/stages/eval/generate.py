@@ -17,12 +17,12 @@ and counted in the summary, never silently.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from humpback_plugin.core import event_loop
 from humpback_plugin.core.client import ClientConfig, OpenAIClient
 from humpback_plugin.core.config import SYSTEM_CONDITIONS, EvalGenerateConfig
 from humpback_plugin.core.engine import Engine
@@ -81,7 +81,7 @@ def generate_outputs(
     instructions_path: str | os.PathLike, output_path: str | os.PathLike, **options: Any
 ) -> dict[str, Any]:
     """Answer every instruction; returns the summary. Options: :func:`generate_async`."""
-    return asyncio.run(generate_async(instructions_path, output_path, **options))
+    return event_loop.run(generate_async(instructions_path, output_path, **options))
 
 
 async def generate_async(

@@ -19,7 +19,6 @@ atomically at the end, nothing before.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import json
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from humpback_plugin.core import event_loop
 from humpback_plugin.core.client import ClientConfig, normalize_base_url
 from humpback_plugin.core.config import LmEvalConfig
 from humpback_plugin.core.console import say
@@ -156,7 +156,7 @@ def check_served(client_config: ClientConfig) -> None:
         async with client_config.make_client() as client:
             await client.preflight()
 
-    asyncio.run(check())
+    event_loop.run(check())
 
 
 def _run_all(runs: list[tuple[list[str], dict[str, str], Path]]) -> list[float]:
