@@ -32,6 +32,7 @@ import aiohttp
 from bench_server import server_for
 
 from humpback_plugin.cli import pm
+from humpback_plugin.core import event_loop
 from humpback_plugin.core.client import ClientConfig
 from humpback_plugin.core.config import AugmentConfig, CurateConfig
 from humpback_plugin.core.prompts import load_prompt
@@ -266,7 +267,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         base_url, model = server_for(args, stack)
         started = time.perf_counter()
-        results = asyncio.run(run(args, base_url, model))
+        results = event_loop.run(run(args, base_url, model))
     print_table(results)
     print(f"total {time.perf_counter() - started:.0f}s against {base_url}", file=sys.stderr)
     if args.json_out:
