@@ -41,21 +41,28 @@ def scoring_context(settings: CurateConfig) -> ScoringContext:
 
     Where no plugin implements a hook, its built-in answer is called directly: a hook call
     costs microseconds, twice a pair, thousands of pairs a second."""
-    only_builtin = {
-        hook.name: [impl.function for impl in hook.get_hookimpls()] == [builtin]
-        for hook, builtin in (
-            (pm.hook.curation_request, hooks.curation_request),
-            (pm.hook.parse_curation_score, hooks.parse_curation_score),
-        )
-    }
     return ScoringContext(
         template=load_template(settings.template, required=("instruction", "output")),
         settings=settings,
-        build_request=default_request
-        if only_builtin["curation_request"]
-        else hook_curation_request,
-        parse=parse_score if only_builtin["parse_curation_score"] else hook_parse_score,
+        build_request=_direct_or_hook(
+            pm.hook.curation_request,
+            hooks.curation_request,
+            default_request,
+            hook_curation_request,
+        ),
+        parse=_direct_or_hook(
+            pm.hook.parse_curation_score,
+            hooks.parse_curation_score,
+            parse_score,
+            hook_parse_score,
+        ),
     )
+
+
+def _direct_or_hook(hook: Any, builtin_impl: Any, direct: Any, via_hook: Any) -> Any:
+    """``direct`` while ``builtin_impl`` is the hook's only implementation, else ``via_hook``."""
+    only_builtin = [impl.function for impl in hook.get_hookimpls()] == [builtin_impl]
+    return direct if only_builtin else via_hook
 
 
 def decoding_of(settings: CurateConfig) -> dict[str, Any]:
