@@ -84,7 +84,7 @@ def main() -> None:
     with open(args.input, encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     started = time.perf_counter()
-    use_uvloop = uvloop and os.environ.get("HUMPBACK_EVENT_LOOP", "").lower() != "asyncio"
+    use_uvloop = uvloop and os.environ.get("HUMPBACK_EVENT_LOOP", "").strip().lower() != "asyncio"
     run = uvloop.run if use_uvloop else asyncio.run
     answers = run(send_all(args.base_url.rstrip("/"), bodies(args.kind, rows, args.model),
                            args.concurrency))  # fmt: skip
