@@ -19,9 +19,12 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from humpback_plugin.core.errors import InputError
 from humpback_plugin.core.hashing import text_sha256
@@ -86,7 +89,7 @@ def _raise(message: str) -> None:
     raise ValueError(message)
 
 
-def _environment() -> Any:
+def _environment() -> ImmutableSandboxedEnvironment:
     # Imported here: every command imports this module, few render a template (jinja2 was
     # a tenth of a model stage's start-up).
     from jinja2.ext import loopcontrols
